@@ -1,0 +1,125 @@
+"""``install_agent``: resolve configuration, open the buffer, build and start the runtime."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from .config import OPTIONS, Config
+from .engines.base import EngineAdapter
+from .framework import BareFrameworkAdapter
+from .protocol import deployment_id
+from .runtime import AgentRuntime
+from .safety import set_strict_mode
+
+log = structlog.get_logger("z4j_bare.agent")
+
+_lock = threading.Lock()
+_current: AgentRuntime | None = None
+
+
+def install_agent(
+    *,
+    engines: Sequence[EngineAdapter],
+    framework: BareFrameworkAdapter | None = None,
+    schedulers: Sequence[Any] | None = None,
+    **options: Any,
+) -> AgentRuntime | None:
+    global _current
+    if schedulers:
+        raise ValueError("scheduler adapters are not supported by this agent; remove schedulers=")
+    config = Config.resolve(**options)
+    if config.disabled:
+        log.warning("agent.disabled", reason="Z4J_DISABLED is set; no agent installed")
+        return None
+    with _lock:
+        existing = _current
+        if existing is not None and existing.state.value != "stopped":
+            if existing._owner_pid != os.getpid():
+                # A forked child (prefork pool, RQ work-horse) inherits the parent's agent: its hooks
+                # already write to the shared buffer, and only the parent holds the socket.
+                log.info("agent.inherited_from_parent", parent_pid=existing._owner_pid)
+                return existing
+            log.info("agent.already_installed", engines=sorted(existing.engines))
+            return existing
+        runtime = build_runtime(config, engines, framework)
+        _current = runtime
+    if config.autostart:
+        try:
+            runtime.start()
+        except BaseException:
+            with _lock:
+                _current = None
+            raise
+        atexit.register(_stop_at_exit, runtime)
+    return runtime
+
+
+def build_runtime(config: Config, engines: Sequence[EngineAdapter], framework: BareFrameworkAdapter | None = None) -> AgentRuntime:
+    """Everything install_agent does except the singleton and start (for tests and doctor)."""
+    from .buffer import BufferStore
+    from .redaction import Redactor
+
+    set_strict_mode(config.strict_mode)
+    redactor = Redactor(
+        extra_key_patterns=config.redaction_extra_key_patterns,
+        extra_value_patterns=config.redaction_extra_value_patterns,
+        max_value_bytes=config.max_payload_bytes,
+        max_event_bytes=config.max_event_bytes,
+    )
+    buffer = BufferStore.open_for_deployment(
+        config.home, deployment_id(config.key), buffer_path=config.buffer_path,
+        max_rows=config.buffer_max_events, max_bytes=config.buffer_max_bytes,
+    )
+    try:
+        return AgentRuntime(config=config, engines=list(engines), buffer=buffer, redactor=redactor, framework=framework)
+    except BaseException:
+        buffer.close()
+        raise
+
+
+def current_runtime() -> AgentRuntime | None:
+    return _current
+
+
+def _reset_for_tests() -> None:
+    global _current
+    with _lock:
+        _current = None
+
+
+def _stop_at_exit(runtime: AgentRuntime) -> None:
+    if runtime._owner_pid == os.getpid():
+        runtime.stop()
+
+
+def _docstring() -> str:
+    lines = [
+        "Install the z4j agent in this process and return its started AgentRuntime.",
+        "",
+        "Every option can be passed as a keyword or set as an environment variable; an explicit",
+        "keyword wins, then the environment (an empty value counts as unset), then the default.",
+        "One agent per process: a second call returns the first runtime. A forked child (Celery",
+        "prefork pool, RQ work-horse) gets its parent's runtime, whose hooks write to the shared",
+        "buffer; only the parent holds the connection. Returns None when Z4J_DISABLED is set.",
+        "",
+        "Arguments that have no environment variable:",
+        "    engines: the engine adapters (CeleryEngineAdapter, RqEngineAdapter, ...); at least one.",
+        "    framework: a BareFrameworkAdapter (default) or subclass naming the host framework.",
+        "",
+        "Options (keyword / environment variable / default):",
+    ]
+    for opt in OPTIONS:
+        env = opt.env if opt.env_allowed else "(keyword only)"
+        lines.append(f"    {opt.name} / {env} / {opt.default_text()}")
+        lines.append(f"        {opt.doc}")
+    lines += ["", "Raises ConfigError (a ValueError) naming the option, its variable and the fix."]
+    return "\n".join(lines)
+
+
+install_agent.__doc__ = _docstring()

@@ -1,0 +1,198 @@
+"""Turns buffered rows into signed frames and keeps event batches until the brain acks them.
+
+Owned by the runtime's I/O thread (no locking). Rows leave the buffer only on an
+``event_batch_ack`` (events) or once written to the socket (control frames, which the brain
+never acks). On a new session everything unconfirmed is read again and re-signed; events keep
+their id and occurred_at because their text is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from .protocol import DEFAULT_MAX_FRAME_BYTES, MAX_EVENTS_PER_BATCH, FrameType, Signer
+
+if TYPE_CHECKING:
+    from .buffer import BufferStore
+
+log = structlog.get_logger("z4j_bare.outbox")
+
+# Bytes an event_batch envelope adds around its events (ids, ts, nonce, seq, hmac, keys).
+ENVELOPE_OVERHEAD = 320
+CONTROL_KINDS = frozenset({FrameType.COMMAND_ACK.value, FrameType.COMMAND_RESULT.value})
+EVENT_KIND = "event"
+
+Send = Callable[[bytes], None]
+
+
+@dataclass(slots=True)
+class InflightBatch:
+    frame_id: str
+    row_ids: list[int]
+    texts: list[str]
+    sent_at: float
+    resends: int = 0
+
+
+@dataclass(slots=True)
+class OutboxStats:
+    frames_sent: int = 0
+    events_sent: int = 0
+    events_acked: int = 0
+    resends: int = 0
+    content_rejected: int = 0
+    last_ack_at: float | None = None
+    last_flush_wall: float | None = None
+    ack_latencies: list[float] = field(default_factory=list)
+
+
+class Outbox:
+    def __init__(
+        self,
+        buffer: BufferStore,
+        *,
+        max_batch_events: int = MAX_EVENTS_PER_BATCH,
+        max_inflight: int = 4,
+        resend_after: float = 90.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._buffer = buffer
+        self._max_events = max(1, min(max_batch_events, MAX_EVENTS_PER_BATCH))
+        self._max_inflight = max(1, max_inflight)
+        self._resend_after = resend_after
+        self._clock = clock
+        self._max_frame = DEFAULT_MAX_FRAME_BYTES
+        self._cursor = 0
+        self._inflight: dict[str, InflightBatch] = {}
+        self._head_since = 0.0
+        self.sent_controls: set[tuple[str, str]] = set()
+        self.stats = OutboxStats()
+
+    # -- session lifecycle -------------------------------------------------------------------
+    def reset(self, max_frame_bytes: int | None) -> None:
+        """New session: forget what was in flight; unconfirmed rows will be read and sent again."""
+        self._max_frame = max_frame_bytes or DEFAULT_MAX_FRAME_BYTES
+        self._cursor = 0
+        self._inflight.clear()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def idle(self) -> bool:
+        return not self._inflight
+
+    # -- sending -----------------------------------------------------------------------------
+    def pump(self, signer: Signer, send: Send) -> int:
+        """Send frames while the window has room; returns the number of rows handled."""
+        handled = 0
+        while len(self._inflight) < self._max_inflight:
+            rows = self._buffer.read(after_id=self._cursor, limit=self._max_events)
+            if not rows:
+                break
+            handled += self._ship(rows, signer, send)
+        return handled
+
+    def _ship(self, rows: list, signer: Signer, send: Send) -> int:
+        budget = self._max_frame - ENVELOPE_OVERHEAD
+        ids: list[int] = []
+        texts: list[str] = []
+        size = 0
+        rejected: list[int] = []
+        for row in rows:
+            if row.kind != EVENT_KIND:
+                if texts:
+                    break  # keep order: flush the events gathered so far first
+                self._send_control(row, signer, send)
+                self._cursor = row.id
+                continue
+            n = len(row.body.encode("utf-8")) + 1
+            if n > budget:
+                rejected.append(row.id)
+                self._cursor = row.id
+                continue
+            if size + n > budget or len(texts) >= self._max_events:
+                break
+            ids.append(row.id)
+            texts.append(row.body)
+            size += n
+            self._cursor = row.id
+        if rejected:
+            self._reject(rejected, "event larger than the brain's max frame size")
+        if texts:
+            batch = InflightBatch("ev_" + secrets.token_hex(16), ids, texts, self._clock())
+            if not self._inflight:
+                self._head_since = batch.sent_at
+            self._inflight[batch.frame_id] = batch
+            send(signer.sign_event_batch(batch.frame_id, texts))
+            self.stats.frames_sent += 1
+            self.stats.events_sent += len(texts)
+        return len(ids) + len(rejected)
+
+    def _send_control(self, row, signer: Signer, send: Send) -> None:
+        try:
+            body = json.loads(row.body)
+            key = (row.kind, body["id"])
+            if key not in self.sent_controls:
+                send(signer.sign(row.kind, body["id"], body["payload"]))
+            self.sent_controls.discard(key)
+        except (ValueError, KeyError, TypeError):
+            self._reject([row.id], "unreadable control frame")
+            return
+        self._buffer.delete([row.id])
+
+    def send_control_now(self, kind: str, frame_id: str, payload: dict, signer: Signer, send: Send) -> None:
+        """Priority path for command acks/results (their buffer row is skipped later)."""
+        key = (kind, frame_id)
+        if key in self.sent_controls:
+            return
+        send(signer.sign(kind, frame_id, payload))
+        self.sent_controls.add(key)
+
+    def _reject(self, ids: list[int], reason: str) -> None:
+        self._buffer.delete(ids)
+        self._buffer.count_loss("content_rejected_frames", len(ids))
+        self.stats.content_rejected += len(ids)
+        log.warning("outbox.rejected", rows=len(ids), reason=reason)
+
+    # -- acks and resends --------------------------------------------------------------------
+    def on_ack(self, acked_id: str) -> int:
+        batch = self._inflight.pop(acked_id, None)
+        if batch is None:
+            return 0
+        now = self._clock()
+        self._buffer.delete(batch.row_ids)
+        self._head_since = now
+        self.stats.events_acked += len(batch.row_ids)
+        self.stats.last_ack_at = now
+        self.stats.last_flush_wall = time.time()
+        return len(batch.row_ids)
+
+    def resend_due(self, signer: Signer, send: Send) -> int:
+        """Re-sign and resend the oldest unacked batch once it waited ``resend_after`` at the head.
+
+        The clock starts when a batch becomes the head of the line (sent with an empty window, or
+        its predecessor acked), so a slow but live brain with a queue is not flooded with copies.
+        """
+        if not self._inflight:
+            return 0
+        now = self._clock()
+        if now - self._head_since < self._resend_after:
+            return 0
+        head = next(iter(self._inflight.values()))
+        head.resends += 1
+        head.sent_at = now
+        self._head_since = now
+        self._buffer.mark_attempt(head.row_ids)
+        send(signer.sign_event_batch(head.frame_id, head.texts))
+        self.stats.resends += 1
+        log.info("outbox.resent", frame_id=head.frame_id, events=len(head.texts), resends=head.resends)
+        return len(head.texts)

@@ -1,0 +1,62 @@
+"""One agent WebSocket session as the brain holds it (lives on the brain's event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import SessionBinding, Verifier
+from .wire import OutboundSigner
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from .records import AgentRow
+
+
+class Session:
+    """Connection state after hello: binding, verifier, outbound signer and the send lock."""
+
+    def __init__(self, ws: ServerConnection, agent: AgentRow, hello: dict[str, Any], max_frame_size: int) -> None:
+        self.ws = ws
+        self.agent = agent
+        self.hello = hello
+        self.session_id = str(uuid.uuid4())
+        worker_id = hello.get("worker_id")
+        self.worker_id = worker_id if isinstance(worker_id, str) else None
+        self.max_frame_size = max_frame_size
+        self.binding = SessionBinding(agent.agent_id, agent.project_uuid, self.session_id)
+        self.verifier = Verifier(agent.key, self.binding)
+        self.signer = OutboundSigner(agent.key, self.binding)
+        self.send_lock = asyncio.Lock()
+        self.last_sent: bytes | None = None
+        self.opened_at = time.time()
+        self.closing = False
+
+    def __repr__(self) -> str:
+        return f"Session(agent_id={self.agent.agent_id!r}, session_id={self.session_id!r}, worker_id={self.worker_id!r})"
+
+    @property
+    def slot(self) -> tuple[str, str | None]:
+        return (self.agent.agent_id, self.worker_id)
+
+    def capabilities_for(self, engine: str) -> list[str]:
+        caps = self.hello.get("capabilities")
+        if not isinstance(caps, dict):
+            return []
+        found = caps.get(engine)
+        return list(found) if isinstance(found, list) else []
+
+    async def send_raw(self, data: bytes) -> None:
+        async with self.send_lock:
+            await self.ws.send(data)
+
+    async def send_signed(self, ftype: str, frame_id: str, payload: dict[str, Any], **options: Any) -> bytes:
+        """Sign and send under one lock so seq order on the wire matches signing order."""
+        async with self.send_lock:
+            data = self.signer.sign(ftype, frame_id, payload, **options)
+            await self.ws.send(data)
+            self.last_sent = data
+            return data

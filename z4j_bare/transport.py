@@ -1,0 +1,158 @@
+"""The WebSocket connection (websocket-client), owned by the runtime's I/O thread.
+
+Only ``abort()`` may be called from another thread: it shuts the socket down so a blocked
+send or receive returns at once (used by ``stop()`` against a black-holed brain).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import struct
+from dataclasses import dataclass
+
+import websocket
+
+from .protocol import BackoffClass, classify_close, classify_http_status, describe_close
+
+# Largest inbound message we accept (the brain's own commands are tiny; 1 MiB like the reference).
+MAX_INBOUND_BYTES = 1_048_576
+
+
+class TransportError(Exception):
+    """The connection failed or ended. ``backoff`` says how long to wait before the next try."""
+
+    def __init__(self, message: str, backoff: BackoffClass = BackoffClass.CONNECTION, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.backoff = backoff
+        self.close_code = close_code
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    verify: bool = True
+    ca_bundle: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_bundle)
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+class Connection:
+    def __init__(self, url: str, token: str, *, timeout: float = 10.0, tls: TlsSettings | None = None) -> None:
+        self.url = url
+        self._token = token
+        self._timeout = timeout
+        self._tls = tls or TlsSettings()
+        self._ws: websocket.WebSocket | None = None
+        self.handshake_phase = True
+
+    def __repr__(self) -> str:
+        return f"Connection(url={self.url!r}, open={self._ws is not None})"
+
+    def open(self) -> None:
+        sslopt = {"context": self._tls.context()} if self.url.startswith("wss://") else {}
+        try:
+            self._ws = websocket.create_connection(
+                self.url,
+                header=[f"Authorization: Bearer {self._token}"],
+                timeout=self._timeout,
+                sslopt=sslopt,
+                enable_multithread=True,
+                skip_utf8_validation=True,
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            status = getattr(exc, "status_code", None)
+            raise TransportError(f"upgrade refused with HTTP {status}", classify_http_status(status)) from None
+        except ssl.SSLError as exc:
+            raise TransportError(f"TLS failure: {exc.reason or type(exc).__name__}") from None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise TransportError(f"cannot connect: {type(exc).__name__}: {exc}") from None
+
+    @property
+    def is_open(self) -> bool:
+        return self._ws is not None and self._ws.connected
+
+    def send(self, data: bytes) -> None:
+        ws = self._require()
+        try:
+            ws.send(data, opcode=websocket.ABNF.OPCODE_BINARY)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise TransportError(f"send failed: {type(exc).__name__}") from None
+
+    def ping(self) -> None:
+        try:
+            self._require().ping()
+        except (OSError, websocket.WebSocketException) as exc:
+            raise TransportError(f"ping failed: {type(exc).__name__}") from None
+
+    def readable(self, timeout: float) -> bool:
+        ws = self._require()
+        sock = ws.sock
+        if sock is None:
+            raise TransportError("socket closed")
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        try:
+            ready, _, _ = select.select([sock], [], [], max(0.0, timeout))
+        except (OSError, ValueError):
+            raise TransportError("socket closed") from None
+        return bool(ready)
+
+    def recv(self, timeout: float) -> bytes | None:
+        """One message, or None if nothing arrived within ``timeout``."""
+        if not self.readable(timeout):
+            return None
+        ws = self._require()
+        try:
+            opcode, frame = ws.recv_data_frame(True)
+        except websocket.WebSocketTimeoutException:
+            return None
+        except websocket.WebSocketConnectionClosedException:
+            raise TransportError(describe_close(None)) from None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise TransportError(f"receive failed: {type(exc).__name__}") from None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
+            self.close(code or 1000)
+            backoff = classify_close(code, during_handshake=self.handshake_phase)
+            raise TransportError(f"brain closed the session: {describe_close(code)}", backoff, code)
+        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            data = frame.data
+            if len(data) > MAX_INBOUND_BYTES:
+                raise TransportError(f"inbound message of {len(data)} bytes exceeds {MAX_INBOUND_BYTES}", BackoffClass.PROTOCOL)
+            return data if isinstance(data, bytes) else data.encode("utf-8")
+        return None  # ping/pong handled by the library
+
+    def close(self, code: int = 1000) -> None:
+        ws, self._ws = self._ws, None
+        if ws is None:
+            return
+        try:
+            ws.settimeout(2.0)
+            ws.close(status=code, timeout=2.0)
+        except Exception:  # noqa: BLE001 - closing a dead socket must not raise
+            pass
+        try:
+            ws.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def abort(self) -> None:
+        """Thread-safe: wake any blocked I/O by shutting the socket down."""
+        ws = self._ws
+        sock = ws.sock if ws is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _require(self) -> websocket.WebSocket:
+        if self._ws is None:
+            raise TransportError("not connected")
+        return self._ws
