@@ -18,7 +18,7 @@ DEFAULT_OUTPUT = ROOT / "docs" / "configuration.md"
 if str(ROOT) not in sys.path:  # run from a checkout without an installed package
     sys.path.insert(0, str(ROOT))
 
-from z4j_bare import config  # noqa: E402
+from z4j_bare import config
 
 
 def _cell(text: str) -> str:

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from z4j_bare.config import OPTIONS, OPTIONS_BY_NAME, Config, ConfigError, Secret, options_help_text
+from z4j_bare.config import (
+    OPTIONS,
+    OPTIONS_BY_NAME,
+    Config,
+    ConfigError,
+    Secret,
+    options_help_text,
+)
 
 VECTORS = json.loads(Path("/work/shared/spec/vectors.json").read_text())["hmac_secret_decoding"]
 
@@ -451,6 +458,7 @@ def test_tls_verify_env_is_ignored():
         ("ws://127.0.0.1:7700/", "ws://127.0.0.1:7700/ws/agent"),
         ("http://[::1]:7700/p", "ws://[::1]:7700/p/ws/agent"),
         ("wss://h/ws/agent", "wss://h/ws/agent"),
+        ("https://u:p@h/z4j", "wss://h/z4j/ws/agent"),
     ],
 )
 def test_ws_url(url, ws_url):
@@ -498,6 +506,7 @@ def test_brain_url_userinfo_masked_everywhere():
     cfg = Config.resolve(env=env(Z4J_BRAIN_URL=f"https://admin:{password}@brain.example.com"))
     assert password not in repr(cfg) and password not in str(cfg)
     assert password not in json.dumps(cfg.describe())
+    assert cfg.ws_url == "wss://brain.example.com/ws/agent"
 
 
 # ------------------------------------------------------------------ required / aggregation
@@ -581,7 +590,7 @@ def test_hmac_secret_kwarg_as_secret():
 
 def test_secret_type():
     s = Secret("abc")
-    assert repr(s) == str(s) == "Secret('***')" and f"{s}" == "Secret('***')" and "%s" % s == "Secret('***')"
+    assert repr(s) == str(s) == "Secret('***')" and f"{s}" == "Secret('***')" and "%s" % s == "Secret('***')"  # noqa: UP031
     assert s.reveal() == "abc" and s == Secret("abc") and s != Secret("abd") and s != "abc"
     assert bool(s) and not Secret("") and hash(s) == hash(Secret("abc"))
     assert copy.copy(s) is s and copy.deepcopy(s) is s

@@ -33,10 +33,10 @@ def install_agent(
     global _current
     if schedulers:
         raise ValueError("scheduler adapters are not supported by this agent; remove schedulers=")
-    config = Config.resolve(**options)
-    if config.disabled:
-        log.warning("agent.disabled", reason="Z4J_DISABLED is set; no agent installed")
+    if _disabled(options.get("disabled")):
+        log.warning("agent.disabled", reason="disabled=True or Z4J_DISABLED is set; no agent installed")
         return None
+    config = Config.resolve(**options)
     with _lock:
         existing = _current
         if existing is not None and existing.state.value != "stopped":
@@ -60,12 +60,20 @@ def install_agent(
     return runtime
 
 
+def _disabled(explicit: Any) -> bool:
+    # Checked before resolving: a host with no credentials at all must still be able to opt out.
+    if explicit is not None:
+        return bool(explicit)
+    return os.environ.get("Z4J_DISABLED", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def build_runtime(config: Config, engines: Sequence[EngineAdapter], framework: BareFrameworkAdapter | None = None) -> AgentRuntime:
     """Everything install_agent does except the singleton and start (for tests and doctor)."""
     from .buffer import BufferStore
     from .redaction import Redactor
 
-    set_strict_mode(config.strict_mode)
+    if config.strict_mode:
+        set_strict_mode(True)
     redactor = Redactor(
         extra_key_patterns=config.redaction_extra_key_patterns,
         extra_value_patterns=config.redaction_extra_value_patterns,

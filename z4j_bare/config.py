@@ -30,7 +30,6 @@ Secrets (`token`, `hmac_secret`) are held in `Secret` and never appear in `repr`
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hmac as _hmac
 import ipaddress
@@ -49,7 +48,7 @@ import structlog
 
 from z4j_bare.protocol import decode_hmac_secret, require_key_length
 
-__all__ = ["Config", "ConfigError", "Option", "OPTIONS", "OPTIONS_BY_NAME", "Secret", "Tags", "options_help_text"]
+__all__ = ["OPTIONS", "OPTIONS_BY_NAME", "Config", "ConfigError", "Option", "Secret", "Tags", "options_help_text"]
 
 _log = structlog.get_logger("z4j_bare.config")
 
@@ -776,13 +775,17 @@ class Config:
 
     @property
     def ws_url(self) -> str:
-        """WebSocket endpoint: https->wss, http->ws, path prefix kept, ``/ws/agent`` appended."""
+        """WebSocket endpoint: https->wss, http->ws, path prefix kept, ``/ws/agent`` appended.
+
+        Any ``user:password@`` is dropped: the agent authenticates with its bearer token, and
+        this URL ends up in reprs and log lines."""
         parts = urlsplit(self.brain_url)
         scheme = {"https": "wss", "http": "ws"}.get(parts.scheme.lower(), parts.scheme.lower())
         path = parts.path.rstrip("/")
         if not path.endswith("/ws/agent"):
             path += "/ws/agent"
-        return urlunsplit((scheme, parts.netloc, path, "", ""))
+        netloc = parts.netloc.rpartition("@")[2]
+        return urlunsplit((scheme, netloc, path, "", ""))
 
     @property
     def is_loopback(self) -> bool:

@@ -64,6 +64,12 @@ def _wall(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class _MachineModel:
+    """The object ``transitions`` drives; only the I/O thread fires its triggers."""
+
+    state: RuntimeState
+
+
 class AgentRuntime:
     def __init__(
         self,
@@ -90,9 +96,10 @@ class AgentRuntime:
         self.worker_id = f"{self.framework.name}-{self._owner_pid}-{int(self._started_wall * 1000)}"
         self.sinks = {name: EventSink(name, buffer, redactor) for name in self.engines}
 
-        self._machine = Machine(
-            model=self, states=list(RuntimeState), transitions=machine_transitions(), initial=RuntimeState.INIT,
-            auto_transitions=False, send_event=True, after_state_change="_on_transition", model_attribute="_fsm_state",
+        self._fsm = _MachineModel()
+        Machine(
+            model=self._fsm, states=list(RuntimeState), transitions=machine_transitions(), initial=RuntimeState.INIT,
+            auto_transitions=False, send_event=True, after_state_change=self._on_transition,
         )
         self._entered_at = time.monotonic()
         self._trace: deque[dict[str, Any]] = deque(maxlen=TRACE_LEN)
@@ -132,7 +139,7 @@ class AgentRuntime:
     # -- public API ----------------------------------------------------------------------------
     @property
     def state(self) -> RuntimeState:
-        return RuntimeState(self._fsm_state)
+        return self._fsm.state
 
     @property
     def trace(self) -> list[dict[str, Any]]:
@@ -189,7 +196,7 @@ class AgentRuntime:
 
     def stop_trigger(self) -> None:
         if self.state is not RuntimeState.STOPPED:
-            self.trigger("stop")
+            self._fsm.trigger("stop")
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every buffered row has been delivered (events acked); False on timeout."""
@@ -233,8 +240,8 @@ class AgentRuntime:
     def _on_transition(self, event: Any) -> None:
         now = time.monotonic()
         record = {
-            "source": str(event.transition.source),
-            "dest": str(event.transition.dest),
+            "source": RuntimeState[event.transition.source].value,
+            "dest": RuntimeState[event.transition.dest].value,
             "trigger": event.event.name,
             "at": utc_now_text(),
             "elapsed_ms": round((now - self._entered_at) * 1000, 2),
@@ -246,7 +253,7 @@ class AgentRuntime:
 
     # -- the I/O thread ------------------------------------------------------------------------
     def _main(self) -> None:
-        self.trigger("start")
+        self._fsm.trigger("start")
         retrying = Retrying(
             wait=self._backoff.wait,
             sleep=self._stop_event.wait,
@@ -265,9 +272,9 @@ class AgentRuntime:
                 self._conn.close()
                 self._conn = None
             if self.state is RuntimeState.DRAINING:
-                self.trigger("drained")
+                self._fsm.trigger("drained")
             elif self.state is not RuntimeState.STOPPED:
-                self.trigger("stop")
+                self._fsm.trigger("stop")
             self._stopped.set()
 
     def _log_failure(self, retry_state: Any) -> None:
@@ -289,9 +296,9 @@ class AgentRuntime:
             conn.open()
         except TransportError as exc:
             self._conn = None
-            self.trigger("connect_failed")
+            self._fsm.trigger("connect_failed")
             raise SessionEnded(exc.backoff, str(exc)) from None
-        self.trigger("connected")
+        self._fsm.trigger("connected")
         try:
             signer, verifier = self._handshake(conn)
         except (TransportError, ProtocolError, TimeoutError) as exc:
@@ -299,39 +306,39 @@ class AgentRuntime:
             self._conn = None
             if self._stop_event.is_set():
                 return
-            self.trigger("session_lost")
+            self._fsm.trigger("session_lost")
             raise SessionEnded(getattr(exc, "backoff", BackoffClass.CONNECTION), f"handshake failed: {exc}") from None
         self._backoff.reset()
         self._last_connect_wall = time.time()
-        self.trigger("handshake_ok")
+        self._fsm.trigger("handshake_ok")
         try:
             outcome = self._run(conn, signer, verifier)
         except SessionEnded:
             conn.close(1002)
             self._conn = None
             self._session = {}
-            self.trigger("session_lost")
+            self._fsm.trigger("session_lost")
             raise
         except (TransportError, ProtocolError) as exc:
             conn.close(1002)
             self._conn = None
             self._session = {}
-            self.trigger("session_lost")
+            self._fsm.trigger("session_lost")
             raise SessionEnded(getattr(exc, "backoff", BackoffClass.CONNECTION), str(exc)) from None
         if outcome == "reconnect":
             conn.close(1000)
             self._conn = None
             self._session = {}
-            self.trigger("reconnect")
+            self._fsm.trigger("reconnect")
             raise SessionEnded(BackoffClass.CONNECTION, "reconnect requested", immediate=True)
-        self.trigger("stop")
+        self._fsm.trigger("stop")
         try:
             self._drain(conn, signer, verifier)
         finally:
             conn.close(1000)
             self._conn = None
             self._session = {}
-            self.trigger("drained")
+            self._fsm.trigger("drained")
 
     def _hello_payload(self) -> dict[str, Any]:
         caps = {name: adapter.advertised_capabilities() for name, adapter in self.engines.items()}

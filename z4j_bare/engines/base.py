@@ -93,6 +93,11 @@ class EventSink:
         self.emitted = 0
         self.lost = 0
 
+    @property
+    def buffer(self) -> BufferStore:
+        """The durable buffer (adapters may keep side tables next to its file)."""
+        return self._buffer
+
     def encode(self, kind: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> str:
         return encode_event(build_event(kind, self.engine, task_id, self._redactor.scrub_data(data), occurred_at))
 
@@ -110,8 +115,8 @@ class EventSink:
     def emit_many(self, events: list[tuple[str, str | None, dict[str, Any], float | None]]) -> bool:
         """Several events in one transaction (one commit), e.g. started+succeeded of an eager call."""
         try:
-            rows = [("event", self.encode(*e)) for e in events]
-            written = self._buffer.append_many(rows, engine=self.engine)
+            rows = [("event", self.encode(*e), self.engine) for e in events]
+            written = self._buffer.append_many(rows)
             ok = written == len(rows)
         except Exception as exc:  # noqa: BLE001
             ok = False

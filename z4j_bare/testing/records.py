@@ -105,6 +105,7 @@ class MutableCommand:
     delivery_claim_token: str | None = None
     result_payload: dict[str, Any] | None = None
     withheld_reason: str | None = None
+    dispatched_session: str | None = None
 
     def snapshot(self) -> CommandRecord:
         return CommandRecord(

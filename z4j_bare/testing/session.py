@@ -7,7 +7,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import SessionBinding, Verifier
+from ..protocol import SessionBinding
+from .verify import BrainVerifier
 from .wire import OutboundSigner
 
 if TYPE_CHECKING:
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 class Session:
     """Connection state after hello: binding, verifier, outbound signer and the send lock."""
 
-    def __init__(self, ws: ServerConnection, agent: AgentRow, hello: dict[str, Any], max_frame_size: int) -> None:
+    def __init__(
+        self, ws: ServerConnection, agent: AgentRow, hello: dict[str, Any], max_frame_size: int, *, strict: bool = False
+    ) -> None:
         self.ws = ws
         self.agent = agent
         self.hello = hello
@@ -28,7 +31,7 @@ class Session:
         self.worker_id = worker_id if isinstance(worker_id, str) else None
         self.max_frame_size = max_frame_size
         self.binding = SessionBinding(agent.agent_id, agent.project_uuid, self.session_id)
-        self.verifier = Verifier(agent.key, self.binding)
+        self.verifier = BrainVerifier(agent.key, self.binding, strict=strict)
         self.signer = OutboundSigner(agent.key, self.binding)
         self.send_lock = asyncio.Lock()
         self.last_sent: bytes | None = None

@@ -1,8 +1,11 @@
 """The local brain's durable storage: events plus a latest-state-per-task projection (SQLite).
 
 One connection guarded by a lock: ingest runs on the brain's storage thread, queries run on
-whatever thread a test calls from. Each event_batch is one transaction (executemany insert and
-executemany upsert), which is what keeps ingest above 50k events/s.
+whatever thread a test calls from. Each event_batch is one transaction: the frame's events
+text is stored once (``batches``), each kept event is a narrow row keyed by its dedupe id
+(``INSERT OR IGNORE`` on the rowid, no second index), and the projection is one executemany
+UPSERT of rows already merged per task. That layout is what keeps ingest well above 50k
+events/s; the cost moves to reads, which decode a batch's JSON when an event is asked for.
 """
 
 from __future__ import annotations
@@ -11,27 +14,34 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from .ingest import iso_utc, prepare_batch
+from .ingest import TASK_COLUMNS, iso_utc, prepare_batch, row_key
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    agent_event_id TEXT,
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    frame_id TEXT NOT NULL,
     project_id TEXT NOT NULL,
     agent_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    events BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    key INTEGER PRIMARY KEY,
+    id BLOB NOT NULL,
+    batch INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
     engine TEXT NOT NULL,
     task_id TEXT NOT NULL,
     kind TEXT NOT NULL,
-    occurred_at REAL NOT NULL,
-    received_at REAL NOT NULL,
-    data TEXT NOT NULL
+    occurred_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_task ON events (engine, task_id);
 CREATE TABLE IF NOT EXISTS tasks (
+    key INTEGER PRIMARY KEY,
     project_id TEXT NOT NULL,
     engine TEXT NOT NULL,
     task_id TEXT NOT NULL,
@@ -39,45 +49,40 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL,
     task_name TEXT NOT NULL,
     queue TEXT, worker TEXT, priority TEXT NOT NULL, tags TEXT,
-    args TEXT, kwargs TEXT, parent_task_id TEXT, root_task_id TEXT,
-    result TEXT, runtime_ms INTEGER, exception TEXT, traceback TEXT,
+    args_from BLOB, result_from BLOB, parent_task_id TEXT, root_task_id TEXT,
+    runtime_ms INTEGER, exception TEXT, traceback TEXT,
     retry_count INTEGER NOT NULL,
     last_kind TEXT NOT NULL,
     last_event_at REAL NOT NULL,
     first_seen_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (project_id, engine, task_id)
+    updated_at REAL NOT NULL
 );
 """
 
-_INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (id, agent_event_id, project_id, agent_id, engine, task_id, kind,"
-    " occurred_at, received_at, data) VALUES (?,?,?,?,?,?,?,?,?,?)"
-)
+_INSERT_BATCH = "INSERT INTO batches (seq, frame_id, project_id, agent_id, received_at, events) VALUES (?,?,?,?,?,?)"
+_INSERT_EVENT = "INSERT OR IGNORE INTO events (key, id, batch, idx, engine, task_id, kind, occurred_at) VALUES (?,?,?,?,?,?,?,?)"
 
 # The newest event (by occurred_at) owns the state, so a late resend of an older event never
 # regresses a finished task; descriptive fields keep the last non-null value seen.
-_UPSERT_TASK = """
-INSERT INTO tasks (project_id, engine, task_id, agent_id, state, task_name, queue, worker, priority,
-    tags, args, kwargs, parent_task_id, root_task_id, result, runtime_ms, exception, traceback,
-    retry_count, last_kind, last_event_at, first_seen_at, updated_at)
-VALUES (?,?,?,?,?, COALESCE(?, 'unknown'), ?,?, COALESCE(?, 'normal'), ?,?,?,?,?,?,?,?,?, COALESCE(?, 0), ?,?,?,?)
-ON CONFLICT (project_id, engine, task_id) DO UPDATE SET
+# (ingest.merge_task_rows applies the same rules inside one batch.)
+_UPSERT_TASK = f"""
+INSERT INTO tasks ({", ".join(TASK_COLUMNS)})
+VALUES (?,?,?,?,?,?, COALESCE(?, 'unknown'), ?,?, COALESCE(?, 'normal'), ?,?,?,?,?,?,?,?, COALESCE(?, 0), ?,?,?,?)
+ON CONFLICT (key) DO UPDATE SET
     agent_id = excluded.agent_id,
     state = CASE WHEN excluded.last_event_at >= tasks.last_event_at THEN excluded.state ELSE tasks.state END,
     last_kind = CASE WHEN excluded.last_event_at >= tasks.last_event_at THEN excluded.last_kind ELSE tasks.last_kind END,
     last_event_at = MAX(excluded.last_event_at, tasks.last_event_at),
     task_name = CASE WHEN excluded.task_name = 'unknown' OR excluded.task_name LIKE '<unknown%'
                      THEN tasks.task_name ELSE excluded.task_name END,
+    priority = CASE WHEN excluded.priority = 'normal' THEN tasks.priority ELSE excluded.priority END,
     queue = COALESCE(excluded.queue, tasks.queue),
     worker = COALESCE(excluded.worker, tasks.worker),
-    priority = CASE WHEN excluded.priority = 'normal' THEN tasks.priority ELSE excluded.priority END,
     tags = COALESCE(excluded.tags, tasks.tags),
-    args = COALESCE(excluded.args, tasks.args),
-    kwargs = COALESCE(excluded.kwargs, tasks.kwargs),
+    args_from = COALESCE(excluded.args_from, tasks.args_from),
+    result_from = COALESCE(excluded.result_from, tasks.result_from),
     parent_task_id = COALESCE(excluded.parent_task_id, tasks.parent_task_id),
     root_task_id = COALESCE(excluded.root_task_id, tasks.root_task_id),
-    result = COALESCE(excluded.result, tasks.result),
     runtime_ms = COALESCE(excluded.runtime_ms, tasks.runtime_ms),
     exception = COALESCE(excluded.exception, tasks.exception),
     traceback = COALESCE(excluded.traceback, tasks.traceback),
@@ -85,7 +90,11 @@ ON CONFLICT (project_id, engine, task_id) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
-_JSON_TASK_FIELDS = ("tags", "args", "kwargs", "result")
+_EVENT_SELECT = (
+    "SELECT e.id, e.batch, e.idx, e.engine, e.task_id, e.kind, e.occurred_at, b.project_id, b.agent_id,"
+    " b.received_at, b.frame_id FROM events e JOIN batches b ON b.seq = e.batch"
+)
+_DECODED_BATCH_CACHE = 16
 
 
 class BrainStore:
@@ -99,65 +108,116 @@ class BrainStore:
                 raise ValueError(f"db_path: directory {str(parent)!r} does not exist; create it or pass ':memory:'")
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA temp_store=MEMORY")
         self._conn.executescript(_SCHEMA)
+        self._next_batch = (self._conn.execute("SELECT MAX(seq) FROM batches").fetchone()[0] or 0) + 1
+        self._decoded: OrderedDict[int, list[Any]] = OrderedDict()
         self.slow_ingest_per_event = 0.0
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    # -- ingest (storage thread) ---------------------------------------------------------------
+    # -- ingest (one storage thread) -----------------------------------------------------------
 
-    def ingest(self, events: list[Any], *, project_id: str, agent_id: str) -> tuple[int, list[dict[str, Any]]]:
-        """Store one batch in one transaction; returns (newly inserted count, event summaries)."""
-        event_rows, task_rows, summaries = prepare_batch(events, project_id=project_id, agent_id=agent_id)
+    def ingest(
+        self, events: list[Any], events_text: bytes, *, frame_id: str, project_id: str, agent_id: str,
+        summaries: bool = False,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Store one batch in one transaction; returns (newly inserted count, event summaries).
+
+        ``events_text`` is the JSON text of ``events`` exactly as received (kept for reads).
+        """
+        with self._lock:
+            batch = self._next_batch
+            self._next_batch += 1
+        now = time.time()
+        event_rows, task_rows, notes = prepare_batch(
+            events, batch=batch, project_id=project_id, agent_id=agent_id, now=now, summaries=summaries
+        )
         delay = self.slow_ingest_per_event
         if delay > 0 and event_rows:
             time.sleep(delay * len(event_rows))
         if not event_rows:
-            return 0, summaries
+            return 0, notes
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN")
             try:
+                conn.execute(_INSERT_BATCH, (batch, frame_id, project_id, agent_id, now, events_text))
                 before = conn.total_changes
                 conn.executemany(_INSERT_EVENT, event_rows)
                 accepted = conn.total_changes - before
-                if task_rows:
+                if accepted == 0:
+                    conn.execute("DELETE FROM batches WHERE seq = ?", (batch,))
+                elif task_rows:
                     conn.executemany(_UPSERT_TASK, task_rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return accepted, summaries
+        return accepted, notes
 
     # -- queries (any thread) ------------------------------------------------------------------
 
-    def _query(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
     @staticmethod
-    def _where(filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    def _where(filters: dict[str, Any], prefix: str = "") -> tuple[str, list[Any]]:
         clauses, params = [], []
         for column, value in filters.items():
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(f"{prefix}{column} = ?")
                 params.append(value)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def events(self, *, engine: str | None = None, kind: str | None = None, task_id: str | None = None,
-               limit: int | None = None) -> list[dict[str, Any]]:
-        where, params = self._where({"engine": engine, "kind": kind, "task_id": task_id})
-        sql = f"SELECT * FROM events{where} ORDER BY seq"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [self._event_dict(row) for row in self._query(sql, params)]
+    def _batch_events(self, batch: int) -> list[Any]:
+        with self._lock:
+            cached = self._decoded.get(batch)
+            if cached is not None:
+                self._decoded.move_to_end(batch)
+                return cached
+            row = self._conn.execute("SELECT events FROM batches WHERE seq = ?", (batch,)).fetchone()
+        decoded = json.loads(row[0]) if row else []
+        with self._lock:
+            self._decoded[batch] = decoded
+            while len(self._decoded) > _DECODED_BATCH_CACHE:
+                self._decoded.popitem(last=False)
+        return decoded
+
+    def _event_at(self, batch: int, idx: int) -> dict[str, Any]:
+        events = self._batch_events(batch)
+        ev = events[idx] if 0 <= idx < len(events) else None
+        return ev if isinstance(ev, dict) else {}
+
+    def events(self, *, engine: str | None = None, kind: str | None = None, task_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = self._where({"engine": engine, "kind": kind, "task_id": task_id}, "e.")
+        rows = self._query(f"{_EVENT_SELECT}{where} ORDER BY e.batch, e.idx", params)
+        out = []
+        for eid, batch, idx, eng, tid, knd, occurred, project_id, agent_id, received_at, frame_id in rows:
+            original = self._event_at(batch, idx)
+            data = original.get("data")
+            out.append({
+                "id": str(uuid.UUID(bytes=eid)),
+                "agent_event_id": original.get("id"),
+                "project_id": project_id,
+                "agent_id": agent_id,
+                "engine": eng,
+                "task_id": tid,
+                "kind": knd,
+                "occurred_at": iso_utc(occurred),
+                "occurred_at_ts": occurred,
+                "occurred_at_sent": original.get("occurred_at"),
+                "received_at": received_at,
+                "frame_id": frame_id,
+                "data": data if isinstance(data, dict) else {},
+            })
+        return out
 
     def event_count(self, *, engine: str | None = None, kind: str | None = None, task_id: str | None = None) -> int:
         where, params = self._where({"engine": engine, "kind": kind, "task_id": task_id})
@@ -168,28 +228,34 @@ class BrainStore:
 
     def task(self, engine: str, task_id: str) -> dict[str, Any] | None:
         rows = self._query(
-            "SELECT * FROM tasks WHERE engine = ? AND task_id = ? ORDER BY updated_at DESC LIMIT 1", (engine, task_id)
+            f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE engine = ? AND task_id = ? ORDER BY updated_at DESC LIMIT 1",
+            (engine, task_id),
         )
         return self._task_dict(rows[0]) if rows else None
 
     def tasks(self, *, state: str | None = None, engine: str | None = None) -> list[dict[str, Any]]:
         where, params = self._where({"state": state, "engine": engine})
-        return [self._task_dict(r) for r in self._query(f"SELECT * FROM tasks{where} ORDER BY first_seen_at", params)]
+        rows = self._query(f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks{where} ORDER BY first_seen_at, rowid", params)
+        return [self._task_dict(r) for r in rows]
 
-    @staticmethod
-    def _event_dict(row: sqlite3.Row) -> dict[str, Any]:
-        out = dict(row)
-        out["data"] = json.loads(out["data"])
-        out["occurred_at_ts"] = out["occurred_at"]
-        out["occurred_at"] = iso_utc(out["occurred_at"])
-        return out
+    def _data_of(self, id_bytes: bytes | None) -> dict[str, Any]:
+        if id_bytes is None:
+            return {}
+        rows = self._query("SELECT batch, idx FROM events WHERE key = ?", (row_key(id_bytes),))
+        if not rows:
+            return {}
+        data = self._event_at(rows[0][0], rows[0][1]).get("data")
+        return data if isinstance(data, dict) else {}
 
-    @staticmethod
-    def _task_dict(row: sqlite3.Row) -> dict[str, Any]:
-        out = dict(row)
-        for name in _JSON_TASK_FIELDS:
-            if out[name] is not None:
-                out[name] = json.loads(out[name])
+    def _task_dict(self, row: tuple) -> dict[str, Any]:
+        out = dict(zip(TASK_COLUMNS, row, strict=True))
+        del out["key"]
+        args_data = self._data_of(out.pop("args_from"))
+        result_data = self._data_of(out.pop("result_from"))
+        out["args"] = args_data.get("args")
+        out["kwargs"] = args_data.get("kwargs")
+        out["result"] = result_data.get("result")
+        out["tags"] = json.loads(out["tags"]) if out["tags"] is not None else None
         out["last_event_at_ts"] = out["last_event_at"]
         out["last_event_at"] = iso_utc(out["last_event_at"])
         return out

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from z4j_bare import safety
+
+
+@pytest.fixture(autouse=True)
+def _isolate_agent(monkeypatch, tmp_path):
+    """Each test gets its own Z4J_HOME, no Z4J_* leaking in from the environment, strict safety."""
+    for name in list(os.environ):
+        if name.startswith("Z4J_"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("Z4J_HOME", str(tmp_path / "z4j-home"))
+    safety.set_strict_mode(True)
+    yield
+    safety.set_strict_mode(False)
+    from z4j_bare import agent
+
+    runtime = agent.current_runtime()
+    if runtime is not None:
+        runtime.stop(timeout=2)
+    agent._reset_for_tests()

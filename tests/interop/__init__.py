@@ -1,0 +1,1 @@
+"""Interop tests against the published z4j brain, run as a separate process."""

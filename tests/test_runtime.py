@@ -1,0 +1,297 @@
+"""The runtime against the local reference brain over real sockets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from recording_engine import RecordingEngine
+from z4j_bare import RuntimeState, install_agent
+from z4j_bare.agent import build_runtime
+from z4j_bare.config import Config
+from z4j_bare.protocol import purge_token
+from z4j_bare.testing import LocalBrain
+
+FAST = dict(heartbeat_seconds=1.0, stop_timeout=3.0, backoff_max_connection=1.0, backoff_max_protocol=1.0)
+
+
+@pytest.fixture
+def brain():
+    with LocalBrain(heartbeat_interval=1) as b:
+        yield b
+
+
+def _runtime(creds, engines, **options):
+    config = Config.resolve(**creds.kwargs(), **{**FAST, **options})
+    return build_runtime(config, engines)
+
+
+def _wait(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_full_lifecycle_trace_and_delivery(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+    _wait(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING")
+    for i in range(50):
+        engine.emit_task(f"t{i}", "task.received", "task.started", "task.succeeded")
+    assert runtime.flush(10)
+    assert brain.event_count() == 150
+    assert brain.task("celery", "t7")["state"] == "SUCCESS"
+    health = runtime.health()
+    assert health["connected"] and health["buffer_depth"] == 0 and health["events_acked"] == 150
+    agent = brain.wait_for_agent_online(creds.agent_id)
+    hello = agent["hello"]
+    assert hello["framework"] == "bare" and hello["engines"] == ["celery"]
+    assert "retry_by_reference_v1" in hello["capabilities"]["celery"]
+    assert agent["heartbeats"] >= 1
+    assert runtime.stop(5) is True
+    assert runtime.stop(5) is True  # idempotent
+    path = [(e["source"], e["dest"], e["trigger"]) for e in runtime.trace]
+    assert path == [("init", "connecting", "start"), ("connecting", "handshake", "connected"),
+                    ("handshake", "running", "handshake_ok"), ("running", "draining", "stop"),
+                    ("draining", "stopped", "drained")]
+    assert all(e["elapsed_ms"] >= 0 for e in runtime.trace)
+
+
+def test_events_written_before_connect_are_delivered_and_not_duplicated(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine])
+    engine.attach(runtime.sinks["celery"])
+    for i in range(20):
+        engine.emit_task(f"early{i}", "task.received")
+    runtime.start()
+    assert runtime.flush(10)
+    runtime.stop()
+    assert brain.event_count() == 20
+
+
+def test_brain_down_then_back_delivers_backlog(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine])
+    runtime.start()
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    brain.pause()
+    _wait(lambda: runtime.state is not RuntimeState.RUNNING, what="disconnect")
+    for i in range(300):
+        engine.emit_task(f"b{i}", "task.received", "task.succeeded")
+    assert runtime.buffer.depth() >= 600
+    brain.resume()
+    assert runtime.flush(20), runtime.health()
+    runtime.stop()
+    assert len(brain.tasks(state="SUCCESS")) == 300
+    triggers = [e["trigger"] for e in runtime.trace]
+    assert "session_lost" in triggers or "connect_failed" in triggers
+
+
+def test_unacked_batches_are_resent_without_restamping(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine], resend_after_seconds=1.0)
+    runtime.start()
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    brain.faults.withhold_acks = True
+    engine.emit_task("r1", "task.received", "task.started")
+    _wait(lambda: runtime.health()["inflight_frames"] == 1)
+    time.sleep(1.5)
+    brain.faults.withhold_acks = False
+    assert runtime.flush(10)
+    assert runtime.outbox.stats.resends >= 1
+    runtime.stop()
+    events = brain.events(task_id="r1")
+    assert len(events) == 2  # the brain deduped the resend: same id, same occurred_at
+
+
+def test_revoked_token_gets_auth_backoff(brain):
+    creds = brain.mint_agent()
+    brain.revoke_agent(creds.agent_id)
+    runtime = _runtime(creds, [RecordingEngine()], backoff_max_auth=600.0)
+    runtime.start()
+    _wait(lambda: runtime.health()["failure_streaks"]["auth"] >= 1, what="auth failure")
+    assert runtime.state in (RuntimeState.CONNECTING, RuntimeState.HANDSHAKE)
+    started = time.monotonic()
+    runtime.stop(2)  # interrupts a 10 s+ auth backoff at once
+    assert time.monotonic() - started < 1.0
+    assert runtime.state is RuntimeState.STOPPED
+
+
+def test_incompatible_close_code_gets_incompatible_class(brain):
+    creds = brain.mint_agent()
+    brain.faults.reject_next(1, 4426)
+    runtime = _runtime(creds, [RecordingEngine()])
+    runtime.start()
+    _wait(lambda: runtime.health()["failure_streaks"]["incompatible"] >= 1, what="incompatible")
+    assert runtime._backoff.last_delay >= 120
+    runtime.stop(1)
+
+
+def test_stop_is_bounded_when_brain_is_black_holed(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine], stop_timeout=1.0)
+    runtime.start()
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    brain.faults.stall = True
+    brain.faults.withhold_acks = True
+    for i in range(100):
+        engine.emit_task(f"s{i}", "task.received")
+    started = time.monotonic()
+    drained = runtime.stop(1.0)
+    assert time.monotonic() - started < 1.5
+    assert not drained and runtime.state is RuntimeState.STOPPED
+    # Nothing lost: the events are still in the buffer file for the next process.
+    assert runtime.buffer.depth() >= 100
+
+
+def test_frames_respect_small_max_frame_size():
+    with LocalBrain(max_frame_size=4096, heartbeat_interval=1) as brain:
+        creds = brain.mint_agent()
+        engine = RecordingEngine()
+        runtime = _runtime(creds, [engine])
+        runtime.start()
+        _wait(lambda: runtime.state is RuntimeState.RUNNING)
+        for i in range(200):
+            engine.emit_task(f"m{i}", "task.received")
+        engine.emit_task("huge", "task.received", blob=["x" * 900] * 10)
+        assert runtime.flush(15), runtime.health()
+        runtime.stop()
+        assert brain.event_count() == 200
+        assert brain.close_codes.count(4400) == 0
+        frames = brain.frames_received("event_batch")
+        assert len(frames) > 1 and all(f["size"] <= 4096 for f in frames if "size" in f)
+        assert runtime.buffer.telemetry_loss()["content_rejected_frames"] == 1
+
+
+def test_two_engines_in_one_agent_route_events_and_commands(brain):
+    creds = brain.mint_agent()
+    celery, rq = RecordingEngine("celery"), RecordingEngine("rq", caps=("cancel_task",))
+    runtime = install_agent(engines=[celery, rq], **creds.kwargs(), **FAST)
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    celery.emit_task("c1", "task.received")
+    rq.emit_task("r1", "task.received")
+    assert runtime.flush(10)
+    assert {e["engine"] for e in brain.events()} == {"celery", "rq"}
+    hello = brain.wait_for_agent_online(creds.agent_id)["hello"]
+    assert hello["capabilities"] == {"celery": sorted(["cancel_task", "purge_queue", "retry_by_reference_v1", "retry_task", "submit_task"]),
+                                     "rq": ["cancel_task"]}
+    record = brain.wait_for_command(brain.send_command("cancel_task", {"engine": "rq", "task_id": "r1"}, agent_id=creds.agent_id))
+    assert record.status == "completed" and rq.calls and not celery.calls
+    record = brain.wait_for_command(brain.send_command("purge_queue", {"engine": "rq", "queue": "q", "force": True}, agent_id=creds.agent_id))
+    assert record.status == "failed" and "does not support" in record.error
+    assert [c[0] for c in rq.calls] == ["cancel_task"]
+
+
+def test_commands_results_truthful(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    send = lambda action, params: brain.wait_for_command(brain.send_command(action, params, agent_id=creds.agent_id), timeout=15)
+    ok = send("retry_task", {"engine": "celery", "task_id": "abc", "task_name": "x", "args": None, "kwargs": None})
+    assert ok.status == "completed" and ok.result["new_task_id"] == "new-abc"
+    assert ok.acked
+    failed = send("cancel_task", {"engine": "celery", "task_id": "finished"})
+    assert failed.status == "failed" and "already finished" in failed.error
+    bug = send("cancel_task", {"engine": "celery", "task_id": "boom"})
+    assert bug.status == "failed" and bug.error.startswith("internal error: RuntimeError")
+    unknown = send("launch_rockets", {"engine": "celery"})
+    assert unknown.status == "failed" and "unrecognized action" in unknown.error
+    wrong_engine = send("cancel_task", {"engine": "huey", "task_id": "x"})
+    assert wrong_engine.status == "failed" and "not loaded" in wrong_engine.error
+    assert runtime.state is RuntimeState.RUNNING
+
+
+@pytest.mark.parametrize("case", ["valid", "missing", "wrong", "over_threshold", "force"])
+def test_purge_token_checks(brain, case):
+    creds = brain.mint_agent()
+    engine = RecordingEngine(depth=3)
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, purge_threshold=2 if case == "over_threshold" else 1000)
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    key = runtime.config.key
+    params = {"engine": "celery", "queue": "default"}
+    if case in ("valid", "over_threshold"):
+        params["confirm_token"] = purge_token(key, "default", 3)
+    elif case == "wrong":
+        params["confirm_token"] = purge_token(key, "default", 4)
+    elif case == "force":
+        params["force"] = True
+    record = brain.wait_for_command(brain.send_command("purge_queue", params, agent_id=creds.agent_id), timeout=15)
+    if case in ("valid", "force"):
+        assert record.status == "completed" and record.result["depth_before"] == 3
+        assert [c[0] for c in engine.calls] == ["purge_queue"]
+    else:
+        assert record.status == "failed" and "refused" in record.error
+        assert engine.calls == []
+
+
+def test_forged_commands_are_never_executed(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    for kind in ("tampered", "replayed", "stale", "v3", "unsigned_command"):
+        sessions_before = len([e for e in runtime.trace if e["trigger"] == "handshake_ok"])
+        brain.faults.send_to_agent(kind)
+        _wait(lambda: len([e for e in runtime.trace if e["trigger"] == "handshake_ok"]) > sessions_before, timeout=15,
+              what=f"reconnect after {kind}")
+    assert engine.calls == []
+
+
+def test_fatal_error_frame_ends_session_with_class(brain):
+    creds = brain.mint_agent()
+    runtime = install_agent(engines=[RecordingEngine()], **creds.kwargs(), **FAST)
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    brain.faults.send_to_agent("error_fatal")
+    _wait(lambda: sum(runtime.health()["failure_streaks"].values()) >= 1 or "fatal error frame" in str(runtime.health()["last_failure"]),
+          what="session ended by fatal error frame")
+
+
+def test_request_reconnect_opens_a_fresh_session(brain):
+    creds = brain.mint_agent()
+    runtime = install_agent(engines=[RecordingEngine()], **creds.kwargs(), **FAST)
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    first = runtime.health()["session_id"]
+    runtime.request_reconnect()
+    _wait(lambda: runtime.health()["session_id"] not in (None, first), what="new session")
+    assert ("running", "connecting", "reconnect") in [(e["source"], e["dest"], e["trigger"]) for e in runtime.trace]
+
+
+def test_host_threads_emitting_while_runtime_runs(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+    threads = [threading.Thread(target=lambda n=n: [engine.emit_task(f"h{n}-{i}", "task.received") for i in range(200)]) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert runtime.flush(15)
+    assert brain.event_count() == 800
+
+
+def test_secrets_never_in_repr_logs_or_wire(brain):
+    from structlog.testing import capture_logs
+
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    with capture_logs() as logs:
+        runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+        _wait(lambda: runtime.state is RuntimeState.RUNNING)
+        engine.emit_task("x", "task.received")
+        runtime.flush(5)
+        text = repr(runtime) + repr(runtime.config) + repr(runtime.health()) + repr(logs)
+        runtime.stop()
+    wire = repr(brain.frames_received())
+    for secret in (creds.token, creds.hmac_secret):
+        assert secret not in text and secret not in wire

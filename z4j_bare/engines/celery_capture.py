@@ -1,0 +1,703 @@
+"""Where the Celery adapter hooks Celery, and what each hook turns into.
+
+Worker tasks are captured in the worker **main** process, which every pool reports back to:
+``Request.on_accepted`` (started, with the pool pid and the real start time),
+``Request.on_success`` (succeeded, with Celery's own result repr and runtime),
+``Request.on_failure`` (failed, also WorkerLostError / time limits; Retry is routed on to
+``Request.on_retry`` -> retried) plus the ``task_received`` / ``task_revoked`` / ``worker_ready``
+/ ``worker_shutdown`` signals, all dispatched in the main process. None of this needs ``-E``
+(``Request.send_event`` is a no-op without it, so it is never relied upon), and because pool
+children never need the agent it does not matter whether ``install_agent`` ran at import, on
+``worker_init`` or on ``worker_ready`` (after the pool forked).
+
+Each method is wrapped on ``celery.worker.request.Request`` *and* on every subclass that
+overrides it: ``create_request_cls`` builds a per-task subclass whose ``on_success`` does not call
+``super()``. Subclasses created later (a consumer restart rebuilds the strategies) are wrapped
+by hooking ``create_request_cls`` in ``celery.worker.strategy``. A per-request marker keeps a
+subclass wrapper and a base wrapper from reporting the same moment twice.
+
+Eager calls (``task_always_eager``, ``Task.apply``) have no Request: task_prerun/postrun/failure/
+retry signals with ``request.is_eager`` capture them, started and terminal written together.
+Producers get ``task.sent`` from before/after_task_publish.
+
+In the worker main process events go through a micro-batcher (one transaction every
+``batch_interval`` seconds): that process is the pool's serial bottleneck and a commit per
+event would cost the worker throughput. Everywhere else events are written synchronously.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ..events import EventKind
+from ..safety import safe_call
+
+if TYPE_CHECKING:
+    from .base import EventSink
+    from .celery_store import RequestStore
+
+log = structlog.get_logger("z4j_bare.engines.celery")
+
+WRAPPED = ("on_accepted", "on_success", "on_failure", "on_retry")
+MAX_TRACEBACK = 4096
+MAX_MESSAGE = 2048
+MAX_BATCH = 2000
+_MARK_STARTED = "_z4j_started"
+_MARK_DONE = "_z4j_done"
+
+# Protocol-2 headers Celery sets itself; every other header is the user's and is kept on retry.
+CELERY_HEADERS = frozenset({
+    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
+    "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting",
+    "stamped_headers", "stamps", "properties", "reply_to", "correlation_id", "hostname", "delivery_info",
+    "args", "kwargs", "is_eager", "callbacks", "errbacks", "chain", "chord", "loglevel", "logfile",
+    "task_name", "headers", "subtask_id",
+})
+
+
+class Batcher:
+    """Collects events and request records in the attaching process; a thread writes them."""
+
+    def __init__(self, sink: EventSink, store: RequestStore | None, interval: float) -> None:
+        self._sink = sink
+        self._store = store
+        self.interval = float(interval)
+        self._pid = os.getpid()
+        self._events: deque[tuple[str, str | None, dict, float | None]] = deque()
+        self._records: deque[tuple[str, dict]] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        if self.interval > 0:
+            self._thread = threading.Thread(target=self._loop, name="z4j-celery-batch", daemon=True)
+            self._thread.start()
+
+    @property
+    def batching(self) -> bool:
+        return self._thread is not None and os.getpid() == self._pid and not self._stop.is_set()
+
+    def event(self, kind: str, task_id: str | None, data: dict, occurred_at: float | None = None) -> None:
+        if not self.batching:
+            self._sink.emit(kind, task_id, data, occurred_at)
+            return
+        q = self._events
+        if not q:
+            q.append((kind, task_id, data, occurred_at))
+            self._wake.set()
+        else:
+            q.append((kind, task_id, data, occurred_at))
+            if len(q) >= MAX_BATCH:
+                self._wake.set()
+
+    def events(self, items: list[tuple[str, str | None, dict, float | None]]) -> None:
+        if not self.batching:
+            self._sink.emit_many(items)
+            return
+        self._events.extend(items)
+        self._wake.set()
+
+    def record(self, task_id: str, record: dict) -> None:
+        if self._store is None:
+            return
+        if not self.batching:
+            safe_call(self._store.put, task_id, record, site="celery.store.put")
+            return
+        self._records.append((task_id, record))
+
+    def pending(self, task_id: str) -> dict | None:
+        """A record not yet written (retry right after receipt)."""
+        for tid, record in reversed(list(self._records)):
+            if tid == task_id:
+                return record
+        return None
+
+    def flush(self) -> None:
+        if os.getpid() != self._pid:
+            return
+        with self._flush_lock:
+            while self._records:
+                batch = _take(self._records)
+                if self._store is not None:
+                    safe_call(self._store.put_many, batch, site="celery.store.put_many")
+            while self._events:
+                self._sink.emit_many(_take(self._events))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and os.getpid() == self._pid:
+            self._thread.join(5.0)
+        self.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            # Let a burst accumulate so one commit carries many events.
+            self._stop.wait(self.interval)
+            safe_call(self.flush, site="celery.batch.flush")
+
+
+def _take(q: deque) -> list:
+    out = []
+    try:
+        while len(out) < MAX_BATCH:
+            out.append(q.popleft())
+    except IndexError:
+        pass
+    return out
+
+
+def _exc_parts(exc: BaseException | None) -> tuple[str, str]:
+    """(type name, message); unwraps Celery's pickling wrappers."""
+    if exc is None:
+        return "Exception", ""
+    inner = getattr(exc, "exc", None)
+    if type(exc).__name__ == "ExceptionWithTraceback" and isinstance(inner, BaseException):
+        exc = inner
+    name = getattr(exc, "exc_cls_name", None) or type(exc).__name__
+    message = getattr(exc, "exc_msg", None)
+    if message is None:
+        try:
+            message = str(exc)
+        except Exception:  # noqa: BLE001
+            message = "<unprintable>"
+    return str(name), str(message)[:MAX_MESSAGE]
+
+
+def _queue(delivery_info: Any) -> str | None:
+    if isinstance(delivery_info, dict):
+        return delivery_info.get("routing_key") or delivery_info.get("exchange") or None
+    return None
+
+
+def publish_record(name: str, args: Any, kwargs: Any, headers: dict, *, exchange: Any, routing_key: Any,
+                   priority: Any, embed: Any = None) -> dict[str, Any]:
+    """What retry_task needs to publish this request again (unredacted; stays on this host)."""
+    record: dict[str, Any] = {
+        "name": name,
+        "args": list(args or ()),
+        "kwargs": dict(kwargs or {}),
+        "exchange": exchange if isinstance(exchange, str) else None,
+        "routing_key": routing_key if isinstance(routing_key, str) else None,
+        "priority": priority if isinstance(priority, int) else None,
+        "root_id": headers.get("root_id"),
+        "parent_id": headers.get("parent_id"),
+        "shadow": headers.get("shadow"),
+        "timelimit": headers.get("timelimit"),
+        "ignore_result": headers.get("ignore_result"),
+        "headers": {k: v for k, v in headers.items() if k not in CELERY_HEADERS and isinstance(k, str)},
+    }
+    if isinstance(embed, dict):
+        for key in ("callbacks", "errbacks", "chain", "chord"):
+            if embed.get(key):
+                record[key] = embed[key]
+    return record
+
+
+class CeleryCapture:
+    """Owns every hook the adapter installs; ``install``/``uninstall`` are idempotent."""
+
+    def __init__(self, app: Any, sink: EventSink, store: RequestStore | None, *, batch_interval: float,
+                 capture_sent: bool | None, hostname: str | None) -> None:
+        self.app = app
+        self.sink = sink
+        self.store = store
+        self.capture_sent = capture_sent
+        self.hostname = hostname
+        self.pool_name: str | None = None
+        self.in_worker = False
+        self.child_mode = False
+        self.batcher = Batcher(sink, store, batch_interval if self._is_main_process() else 0.0)
+        self._patched: list[tuple[type, str, Any]] = []
+        self._strategy_patch: tuple[Any, Any] | None = None
+        self._receivers: list[tuple[Any, Callable]] = []
+        self._eager = threading.local()
+        self._publishing = threading.local()
+        self._online_sent = False
+        self.installed = False
+        self.seen_queues: dict[str, None] = {}
+
+    @staticmethod
+    def _is_main_process() -> bool:
+        try:
+            from billiard.process import current_process
+
+            return current_process().name == "MainProcess"
+        except Exception:  # noqa: BLE001
+            return True
+
+    # -- install / uninstall --------------------------------------------------------------------
+    def install(self) -> None:
+        if self.installed:
+            return
+        from celery import signals
+
+        self.installed = True
+        worker = _find_worker_in_stack()
+        if worker is not None:
+            self._learn_worker(worker)
+        # A prefork pool child where the parent never installed the agent: Request callbacks run
+        # in the parent, so capture with the child-side task signals instead (documented mode).
+        self.child_mode = not self._is_main_process()
+        if self.child_mode:
+            self.in_worker = True
+        else:
+            self._patch_requests()
+            self._connect(signals.task_received, self._on_received)
+            self._connect(signals.task_revoked, self._on_revoked)
+            self._connect(signals.worker_init, self._on_worker_init)
+            self._connect(signals.worker_ready, self._on_worker_ready)
+            self._connect(signals.worker_shutdown, self._on_worker_shutdown)
+        self._connect(signals.task_prerun, self._on_prerun)
+        self._connect(signals.task_postrun, self._on_postrun)
+        self._connect(signals.task_failure, self._on_task_failure)
+        self._connect(signals.task_retry, self._on_task_retry)
+        self._connect(signals.before_task_publish, self._on_before_publish)
+        self._connect(signals.after_task_publish, self._on_after_publish)
+        if worker is not None and self._worker_running(worker):
+            # Installed from worker_ready: the worker is already up, announce it now.
+            self._emit_online()
+        log.info("celery.attached", hostname=self.hostname, child_mode=self.child_mode,
+                 batching=self.batcher.batching)
+
+    def uninstall(self) -> None:
+        if not self.installed:
+            return
+        self.installed = False
+        for signal, receiver in self._receivers:
+            safe_call(signal.disconnect, receiver, site="celery.disconnect")
+        self._receivers.clear()
+        for cls, name, original in reversed(self._patched):
+            if original is None:
+                safe_call(delattr, cls, name, site="celery.unpatch")
+            else:
+                setattr(cls, name, original)
+        self._patched.clear()
+        if self._strategy_patch is not None:
+            module, original = self._strategy_patch
+            module.create_request_cls = original
+            self._strategy_patch = None
+        self.batcher.close()
+
+    def _connect(self, signal: Any, receiver: Callable) -> None:
+        signal.connect(receiver, weak=False, dispatch_uid=f"z4j-celery-{receiver.__name__}-{id(self)}")
+        self._receivers.append((signal, receiver))
+
+    def _patch_requests(self) -> None:
+        from celery.worker import request as request_module
+        from celery.worker import strategy
+
+        seen: set[type] = set()
+        stack = [request_module.Request]
+        while stack:
+            cls = stack.pop()
+            if cls in seen:
+                continue
+            seen.add(cls)
+            self._patch_class(cls)
+            stack.extend(cls.__subclasses__())
+        original = strategy.create_request_cls
+
+        def create_request_cls(*args: Any, **kwargs: Any) -> Any:
+            cls = original(*args, **kwargs)
+            if self.installed:
+                safe_call(self._patch_class, cls, site="celery.patch_request_cls")
+            return cls
+
+        create_request_cls.__wrapped__ = original  # type: ignore[attr-defined]
+        strategy.create_request_cls = create_request_cls
+        self._strategy_patch = (strategy, original)
+
+    def _patch_class(self, cls: type) -> None:
+        hooks = {"on_accepted": self._wrap_accepted, "on_success": self._wrap_success,
+                 "on_failure": self._wrap_failure, "on_retry": self._wrap_retry}
+        for name in WRAPPED:
+            original = cls.__dict__.get(name)
+            if original is None or getattr(original, "__z4j_original__", None) is not None:
+                continue
+            wrapper = hooks[name](original)
+            wrapper.__z4j_original__ = original  # type: ignore[attr-defined]
+            wrapper.__name__ = name
+            wrapper.__qualname__ = f"{cls.__qualname__}.{name}"
+            wrapper.__doc__ = original.__doc__
+            setattr(cls, name, wrapper)
+            self._patched.append((cls, name, original))
+
+    # The wrappers call Celery first and report after: Celery's behaviour is never changed and
+    # our code runs inside safe_call.
+    def _wrap_accepted(self, original: Callable) -> Callable:
+        def on_accepted(req: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(req, *args, **kwargs)
+            safe_call(self._started, req, site="celery.on_accepted")
+            return result
+        return on_accepted
+
+    def _wrap_success(self, original: Callable) -> Callable:
+        def on_success(req: Any, failed__retval__runtime: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(req, failed__retval__runtime, *args, **kwargs)
+            safe_call(self._succeeded, req, failed__retval__runtime, site="celery.on_success")
+            return result
+        return on_success
+
+    def _wrap_failure(self, original: Callable) -> Callable:
+        def on_failure(req: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(req, exc_info, *args, **kwargs)
+            finally:
+                safe_call(self._failed, req, exc_info, site="celery.on_failure")
+        return on_failure
+
+    def _wrap_retry(self, original: Callable) -> Callable:
+        def on_retry(req: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(req, exc_info, *args, **kwargs)
+            safe_call(self._retried, req, exc_info, site="celery.on_retry")
+            return result
+        return on_retry
+
+    # -- worker main process: requests ------------------------------------------------------------
+    def _base(self, req: Any) -> dict[str, Any]:
+        return {"task_name": req.name, "queue": _queue(req.delivery_info), "worker": req.hostname}
+
+    def _on_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        safe_call(self._received, request, site="celery.task_received")
+
+    def _received(self, req: Any) -> None:
+        if req is None:
+            return
+        if self.hostname is None:
+            self.hostname = req.hostname
+        headers = req.request_dict
+        delivery = req.delivery_info
+        data = self._base(req)
+        queue = data["queue"]
+        if queue and queue not in self.seen_queues and len(self.seen_queues) < 50:
+            self.seen_queues[queue] = None
+        data["args"] = req.args
+        data["kwargs"] = req.kwargs
+        data["parent_task_id"] = req.parent_id
+        data["root_task_id"] = req.root_id
+        retries = headers.get("retries")
+        if retries:
+            data["retries"] = retries
+        eta = req.eta
+        if eta is not None:
+            data["eta"] = eta.isoformat()
+        prio = delivery.get("priority")
+        if prio is not None:
+            data["broker_priority"] = prio
+        self.batcher.event(EventKind.TASK_RECEIVED, req.id, data)
+        if self.store is not None:
+            body = req.body
+            embed = body[2] if isinstance(body, (tuple, list)) and len(body) == 3 else None
+            self.batcher.record(req.id, publish_record(
+                req.type, req.args, req.kwargs, headers, exchange=delivery.get("exchange"),
+                routing_key=delivery.get("routing_key"), priority=prio, embed=embed,
+            ))
+
+    def _started(self, req: Any) -> None:
+        d = req.__dict__
+        if d.get(_MARK_STARTED):
+            return
+        d[_MARK_STARTED] = True
+        data = self._base(req)
+        data["pid"] = req.worker_pid
+        self.batcher.event(EventKind.TASK_STARTED, req.id, data, req.time_start)
+
+    def _succeeded(self, req: Any, outcome: Any) -> None:
+        failed, retval, runtime = outcome
+        if failed:
+            return  # Celery routed it to on_failure, which reports it
+        d = req.__dict__
+        if d.get(_MARK_DONE):
+            return
+        d[_MARK_DONE] = True
+        data = self._base(req)
+        data["result"] = retval
+        if isinstance(runtime, (int, float)):
+            data["runtime_ms"] = round(runtime * 1000.0, 3)
+        self.batcher.event(EventKind.TASK_SUCCEEDED, req.id, data)
+
+    def _retried(self, req: Any, exc_info: Any) -> None:
+        d = req.__dict__
+        if d.get(_MARK_DONE):
+            return
+        d[_MARK_DONE] = True
+        exc = getattr(exc_info, "exception", None)
+        inner = getattr(exc, "exc", exc)
+        data = self._base(req)
+        data["reason"] = _exc_parts(inner)[1] if inner is not None else "retry"
+        data["retry_count"] = int(req.request_dict.get("retries") or 0) + 1
+        orig = getattr(inner, "exc", None)
+        if isinstance(orig, BaseException):
+            data["exception"], data["exception_message"] = _exc_parts(orig)
+        self.batcher.event(EventKind.TASK_RETRIED, req.id, data)
+
+    def _failed(self, req: Any, exc_info: Any) -> None:
+        from celery.exceptions import Ignore, Reject, Retry, Terminated, WorkerLostError
+
+        d = req.__dict__
+        if d.get(_MARK_DONE):
+            return
+        exc = getattr(exc_info, "exception", None)
+        inner = getattr(exc, "exc", None)
+        if type(exc).__name__ == "ExceptionWithTraceback" and isinstance(inner, BaseException):
+            exc = inner
+        if isinstance(exc, (Terminated, Retry, Ignore)):
+            return  # revoked (task_revoked reports it), on_retry reports it, or the task opted out
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)) and (req._already_cancelled or req._already_revoked):
+            return
+        task = req.task
+        kind = EventKind.TASK_FAILED
+        data = self._base(req)
+        if isinstance(exc, Reject) and exc.requeue:
+            kind = EventKind.TASK_REJECTED
+            data["requeue"] = True
+        elif isinstance(exc, (WorkerLostError, SystemExit, KeyboardInterrupt)):
+            if getattr(task, "acks_late", False) and getattr(task, "reject_on_worker_lost", False):
+                kind = EventKind.TASK_REJECTED
+                data["requeue"] = True
+        d[_MARK_DONE] = True
+        data["exception"], data["exception_message"] = _exc_parts(exc)
+        tb = getattr(exc_info, "traceback", None)
+        if isinstance(tb, str) and tb:
+            data["traceback"] = tb[-MAX_TRACEBACK:] if len(tb) > MAX_TRACEBACK else tb
+        if req.time_start:
+            data["runtime_ms"] = round((time.time() - req.time_start) * 1000.0, 3)
+        self.batcher.event(kind, req.id, data)
+
+    def _on_revoked(self, sender: Any = None, request: Any = None, terminated: Any = None, signum: Any = None,
+                    expired: Any = None, **_: Any) -> None:
+        safe_call(self._revoked, sender, request, terminated, signum, expired, site="celery.task_revoked")
+
+    def _revoked(self, task: Any, request: Any, terminated: Any, signum: Any, expired: Any) -> None:
+        task_id = getattr(request, "id", None)
+        if not task_id:
+            return
+        data = {
+            "task_name": getattr(request, "task", None) or getattr(task, "name", None),
+            "queue": _queue(getattr(request, "delivery_info", None)),
+            "worker": getattr(request, "hostname", None) or self.hostname,
+            "terminated": bool(terminated),
+            "signum": None if signum is None else str(signum),
+            "expired": bool(expired),
+        }
+        self.batcher.event(EventKind.TASK_REVOKED, task_id, data)
+
+    # -- worker lifecycle -----------------------------------------------------------------------
+    def _learn_worker(self, worker: Any) -> None:
+        hostname = getattr(worker, "hostname", None)
+        if isinstance(hostname, str) and hostname:
+            self.hostname = hostname
+        pool = getattr(worker, "pool_cls", None)
+        if pool is None and getattr(worker, "controller", None) is not None:
+            pool = getattr(worker.controller, "pool_cls", None)
+        if pool is not None:
+            self.pool_name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__qualname__}"
+        self.in_worker = True
+
+    @staticmethod
+    def _worker_running(worker: Any) -> bool:
+        # worker_init fires before the blueprint exists; by worker_ready the consumer is built.
+        if type(worker).__name__ == "Consumer" or hasattr(worker, "connection"):
+            return True
+        return getattr(worker, "blueprint", None) is not None and getattr(worker, "consumer", None) is not None
+
+    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        safe_call(self._learn_worker, sender, site="celery.worker_init")
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        safe_call(self._learn_worker, sender, site="celery.worker_ready")
+        safe_call(self._emit_online, site="celery.worker_ready")
+
+    def _emit_online(self) -> None:
+        if self._online_sent:
+            return
+        self._online_sent = True
+        data = {"worker": self.hostname, "pid": os.getpid(), "pool": self.pool_name}
+        self.batcher.event(EventKind.WORKER_ONLINE, "", data)
+        self.batcher.flush()
+
+    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
+        data = {"worker": getattr(sender, "hostname", None) or self.hostname, "pid": os.getpid()}
+        safe_call(self.batcher.event, EventKind.WORKER_OFFLINE, "", data, site="celery.worker_shutdown")
+        safe_call(self.batcher.flush, site="celery.worker_shutdown")
+
+    # -- eager calls and pool-child mode ----------------------------------------------------------
+    def _stack(self) -> list:
+        stack = getattr(self._eager, "stack", None)
+        if stack is None:
+            stack = self._eager.stack = []
+        return stack
+
+    def _on_prerun(self, sender: Any = None, task_id: Any = None, task: Any = None, args: Any = None,
+                   kwargs: Any = None, **_: Any) -> None:
+        request = getattr(task, "request", None)
+        if not (self.child_mode or getattr(request, "is_eager", False)):
+            return
+        safe_call(self._prerun, task, request, task_id, args, kwargs, site="celery.task_prerun")
+
+    def _prerun(self, task: Any, request: Any, task_id: Any, args: Any, kwargs: Any) -> None:
+        data = {"task_name": task.name, "queue": _queue(getattr(request, "delivery_info", None)),
+                "worker": getattr(request, "hostname", None) if self.child_mode else None,
+                "args": args, "kwargs": kwargs, "pid": os.getpid()}
+        if request.parent_id:
+            data["parent_task_id"] = request.parent_id
+        if request.root_id:
+            data["root_task_id"] = request.root_id
+        entry = [task_id, data, time.time(), None]
+        if self.child_mode:
+            # Pool child: a task can run for hours and the child can be killed; say it now.
+            self.sink.emit(EventKind.TASK_STARTED, task_id, data, entry[2])
+            entry[1] = None
+        self._stack().append(entry)
+
+    def _top(self, task_id: Any) -> list | None:
+        stack = getattr(self._eager, "stack", None)
+        if stack and stack[-1][0] == task_id:
+            return stack[-1]
+        return None
+
+    def _on_task_failure(self, sender: Any = None, task_id: Any = None, exception: Any = None, einfo: Any = None,
+                         **_: Any) -> None:
+        entry = self._top(task_id)
+        if entry is not None:
+            entry[3] = ("failure", exception, getattr(einfo, "traceback", None))
+
+    def _on_task_retry(self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+        entry = self._top(getattr(request, "id", None))
+        if entry is not None:
+            entry[3] = ("retry", reason, getattr(request, "retries", 0))
+
+    def _on_postrun(self, sender: Any = None, task_id: Any = None, task: Any = None, retval: Any = None,
+                    state: Any = None, **_: Any) -> None:
+        entry = self._top(task_id)
+        if entry is None:
+            return
+        self._stack().pop()
+        safe_call(self._postrun, task, entry, retval, state, site="celery.task_postrun")
+
+    def _postrun(self, task: Any, entry: list, retval: Any, state: Any) -> None:
+        task_id, started_data, t0, outcome = entry
+        now = time.time()
+        base = {"task_name": task.name}
+        if started_data is not None:
+            base["queue"] = started_data["queue"]
+            base["worker"] = started_data["worker"]
+        elif self.child_mode:
+            request = task.request
+            base["queue"] = _queue(getattr(request, "delivery_info", None))
+            base["worker"] = getattr(request, "hostname", None)
+        runtime_ms = round((now - t0) * 1000.0, 3)
+        if state == "SUCCESS":
+            kind = EventKind.TASK_SUCCEEDED
+            base["result"] = _result_repr(retval, task)
+            base["runtime_ms"] = runtime_ms
+        elif state == "RETRY" or (outcome and outcome[0] == "retry"):
+            kind = EventKind.TASK_RETRIED
+            reason = outcome[1] if outcome else retval
+            base["reason"] = _exc_parts(reason)[1] if isinstance(reason, BaseException) else str(reason)
+            base["retry_count"] = int((outcome[2] if outcome else 0) or 0) + 1
+        elif state == "FAILURE" or (outcome and outcome[0] == "failure"):
+            kind = EventKind.TASK_FAILED
+            exc = outcome[1] if outcome else retval
+            base["exception"], base["exception_message"] = _exc_parts(exc if isinstance(exc, BaseException) else None)
+            tb = outcome[2] if outcome else None
+            if isinstance(tb, str) and tb:
+                base["traceback"] = tb[-MAX_TRACEBACK:]
+            base["runtime_ms"] = runtime_ms
+        else:
+            return  # IGNORED / REJECTED: the task chose its own state
+        if started_data is None:
+            self.sink.emit(kind, task_id, base, now)
+        else:
+            self.sink.emit_many([(EventKind.TASK_STARTED, task_id, started_data, t0), (kind, task_id, base, now)])
+
+    # -- producer -------------------------------------------------------------------------------
+    def _sent_enabled(self) -> bool:
+        if self.capture_sent is not None:
+            return self.capture_sent
+        return not self.in_worker
+
+    def _on_before_publish(self, sender: Any = None, body: Any = None, exchange: Any = None, routing_key: Any = None,
+                           headers: Any = None, properties: Any = None, **_: Any) -> None:
+        if not self._sent_enabled():
+            return
+        safe_call(self._before_publish, sender, body, exchange, routing_key, headers, properties,
+                  site="celery.before_task_publish")
+
+    def _before_publish(self, name: Any, body: Any, exchange: Any, routing_key: Any, headers: Any, properties: Any) -> None:
+        headers = headers if isinstance(headers, dict) else {}
+        task_id = headers.get("id")
+        if isinstance(body, (tuple, list)) and len(body) == 3:
+            args, kwargs, embed = body
+        elif isinstance(body, dict):  # protocol 1
+            task_id = task_id or body.get("id")
+            args, kwargs, embed = body.get("args"), body.get("kwargs"), None
+        else:
+            return
+        if not task_id:
+            return
+        name = headers.get("task") or name
+        exchange = getattr(exchange, "name", exchange)
+        prio = (properties or {}).get("priority") if isinstance(properties, dict) else None
+        data: dict[str, Any] = {"task_name": name, "queue": routing_key, "args": args, "kwargs": kwargs}
+        for src, dst in (("parent_id", "parent_task_id"), ("root_id", "root_task_id"), ("eta", "eta"),
+                         ("expires", "expires"), ("retries", "retries")):
+            value = headers.get(src)
+            if value:
+                data[dst] = value
+        if exchange:
+            data["exchange"] = exchange
+        if prio is not None:
+            data["broker_priority"] = prio
+        record = publish_record(name, args, kwargs, headers, exchange=exchange, routing_key=routing_key,
+                                priority=prio, embed=embed)
+        self._publishing.pending = (task_id, data, record, time.time())
+
+    def _on_after_publish(self, sender: Any = None, **_: Any) -> None:
+        pending = getattr(self._publishing, "pending", None)
+        if pending is None:
+            return
+        self._publishing.pending = None
+        task_id, data, record, at = pending
+        safe_call(self.batcher.event, EventKind.TASK_SENT, task_id, data, at, site="celery.after_task_publish")
+        safe_call(self.batcher.record, task_id, record, site="celery.after_task_publish")
+
+
+def _result_repr(value: Any, task: Any) -> str:
+    from celery.utils.saferepr import saferepr
+
+    maxsize = getattr(task, "resultrepr_maxsize", 1024) or 1024
+    return saferepr(value, maxsize)
+
+
+def _find_worker_in_stack() -> Any | None:
+    """The WorkController / Consumer whose code is calling us (install from worker_init/ready)."""
+    try:
+        from celery.worker.consumer.consumer import Consumer
+        from celery.worker.worker import WorkController
+    except Exception:  # noqa: BLE001
+        return None
+    frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 80:
+        candidate = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if isinstance(candidate, (WorkController, Consumer)):
+            return candidate
+        for name in ("sender", "consumer"):
+            value = frame.f_locals.get(name) if name in frame.f_code.co_varnames else None
+            if isinstance(value, (WorkController, Consumer)):
+                return value
+        frame = frame.f_back
+        depth += 1
+    return None

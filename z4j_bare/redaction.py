@@ -1,0 +1,1199 @@
+"""Redaction and payload limits: nothing sensitive leaves the host, nothing too big hits the wire.
+
+Every engine adapter passes an event's ``data`` dict through :meth:`Redactor.scrub_data` before
+the event is buffered. The walk is bounded (depth cap, work cap, per-value and per-event byte
+caps), cycle safe, returns a JSON-safe copy and never raises: a redactor that crashes the
+worker is worse than one that over-redacts.
+
+Two ways to hide a secret:
+
+* **Keys** (case-insensitive full match): the value under ``password``, ``api_key``,
+  ``card_number``... is replaced wholesale, whatever its type (a nested dict included).
+* **Values** (search): a string that contains a JWT, a cloud/API key, a PEM private key, a URL
+  with a password, an e-mail address, an SSN, a Luhn-valid card number or a ``password=...``
+  assignment is replaced wholesale by :data:`REDACTED`. Free text (tracebacks, exception
+  messages, RQ descriptions, log lines) is scrubbed span by span instead, so an operator still
+  sees the shape of the traceback.
+
+User patterns (``redaction_extra_key_patterns`` / ``redaction_extra_value_patterns``) are checked
+when the ``Redactor`` is built: a pattern that does not compile, matches the empty string, or
+can backtrack catastrophically (nested quantifiers, ambiguous alternation, or measured
+super-linear time on adversarial probes) raises :class:`RedactionPatternError` at install time
+instead of stalling a worker later.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import structlog
+
+from .protocol import canonical_bytes
+
+try:  # Python 3.11+: the parser moved under re; sre_parse still works but warns
+    from re import _constants as _sre
+    from re import _parser as _sre_parse
+except ImportError:  # pragma: no cover - Python < 3.11 is not supported, kept for tooling
+    import sre_constants as _sre  # type: ignore[no-redef]
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
+
+__all__ = [
+    "REDACTED",
+    "RedactionPatternError",
+    "Redactor",
+    "TRUNCATION_MARKER_PREFIX",
+    "default_redactor",
+    "log_scrubber",
+]
+
+REDACTED = "[REDACTED]"
+TRUNCATION_MARKER_PREFIX = "\u2026[truncated "
+_CYCLE = "[REDACTED:cycle]"
+
+_log = structlog.get_logger("z4j_bare.redaction")
+
+
+class RedactionPatternError(ValueError):
+    """A user-supplied redaction pattern was refused when the Redactor was built.
+
+    Patterns are configuration, not secrets, so the message quotes the pattern, names the
+    setting it came from, says why it was refused and how to fix it.
+    """
+
+    def __init__(self, setting: str, pattern: object, reason: str, fix: str) -> None:
+        self.setting = setting
+        self.pattern = pattern
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{setting}: pattern {pattern!r} refused: {reason}. Fix: {fix}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in patterns
+
+# Key patterns: full match, case-insensitive. A qualifier prefix such as ``db_`` or ``client.``
+# is allowed for the unambiguous words; short words (pin, pan, otp, ssn) need an exact key or a
+# separator so that ``spinner`` or ``japan`` stay untouched.
+_P = r"(?:[\w.-]*[_.-])?"  # optional "anything_" qualifier
+_KEY_PATTERNS: tuple[str, ...] = (
+    # passwords and passphrases (password, password_confirmation, db_password, dbPassword...)
+    r"[\w.-]*pass(?:word|wd|phrase|code)s?(?:[_.-]?(?:confirm(?:ation)?|hash(?:ed)?|digest|again|\d))?",
+    _P + r"pwd",
+    # secrets: secret, secrets, client_secret, webhook_secret, aws_secret_access_key...
+    r"[\w.-]*secrets?(?:[_.-]?(?:key|value|token|access[_.-]?key))?",
+    # tokens: token, access_token, refreshToken, csrf_token, x-auth-token...
+    r"[\w.-]*token",
+    r"(?:access|refresh|api|auth|bearer|session|id)[_.-]?tokens",
+    # keys that are credentials (cache_key, primary_key, public_key are left alone)
+    _P + r"(?:api|access|secret|private|signing|encryption|master|account|client|app|hmac|ssh"
+    r"|service|license|auth|session|shared|storage)[_.-]?keys?(?:[_.-]?(?:id|pem|der|data|b64|base64))?",
+    r"[\w.-]*apikeys?",
+    # authorization headers and credentials
+    r"(?:proxy[_.-]?)?authorization",
+    r"auth(?:[_.-]?(?:header|code|info|string|data))?",
+    _P + r"(?:basic|http)[_.-]?auth",
+    _P + r"credentials?",
+    r"creds",
+    _P + r"(?:set[_.-]?)?cookies?",
+    r"sessionid",
+    _P + r"jwt",
+    r"bearer",
+    # one-time codes and PINs
+    _P + r"(?:otp|totp|hotp)(?:[_.-]?(?:code|secret))?",
+    _P + r"(?:mfa|2fa|verification)[_.-]?(?:code|token|secret)",
+    _P + r"pin(?:[_.-]?(?:code|number|no))?",
+    # connection strings that embed credentials
+    _P + r"dsn",
+    _P + r"conn(?:ection)?[_.-]?str(?:ing)?",
+    r"database[_.-]?url",
+    # personal and payment data
+    r"ssn",
+    _P + r"social[_.-]?security(?:[_.-]?(?:number|no|num))?",
+    _P + r"(?:national[_.-]?id|tax[_.-]?id|passport)(?:[_.-]?(?:number|no|num))?",
+    _P + r"(?:iban|bank[_.-]?account(?:[_.-]?(?:number|no|num))?|account[_.-]?number)",
+    _P + r"(?:credit|debit)[_.-]?card(?:[_.-]?(?:number|no|num))?",
+    _P + r"card[_.-]?(?:number|no|num|pan|cvv2?|cvc2?|pin|code|security[_.-]?code|verification[_.-]?value)",
+    r"cc[_.-]?(?:number|num|no|cvv|cvc)",
+    r"ccnum",
+    r"pan",
+    r"cvv2?|cvc2?",
+    _P + r"security[_.-]?code",
+)
+
+# Value patterns. Order matters: at one position the alternation takes the first branch that
+# matches, and the two "validated" branches (card, kv) must not swallow a real secret before
+# the specific ones get a chance.
+_SECRET_PATTERNS: tuple[str, ...] = (
+    # JWT / JWS (header.payload.signature; unsigned tokens have an empty signature)
+    r"\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]*",
+    r"\bbearer\s+[\w.~+/=-]{16,}",
+    # Stripe, Slack, GitHub, GitLab, AWS, Google, Twilio, SendGrid, OpenAI/Anthropic, npm, PyPI
+    r"\b(?:sk|pk|rk)_(?:live|test)_[0-9a-z]{16,}",
+    r"\bwhsec_[0-9a-z]{24,}",
+    r"\bxox[abeoprs]-[0-9a-z-]{10,}",
+    r"hooks\.slack\.com/(?:services|workflows|triggers)/[\w/-]{8,}",
+    r"\bgh[opsur]_[0-9a-z]{36,}",
+    r"\bgithub_pat_\w{50,}",
+    r"\bglpat-[\w-]{20,}",
+    r"\b(?:akia|asia|agpa|aida|aroa|aipa|anpa|anva|a3t[a-z0-9])[0-9a-z]{16}\b",
+    r"\baiza[\w-]{35}",
+    r"\bgocspx-[\w-]{24,}",
+    r"\bya29\.[\w-]{20,}",
+    r"\bsk[0-9a-f]{32}\b",
+    r"\bsg\.[\w-]{22}\.[\w-]{43}",
+    r"\bsk-(?:proj-|ant-)?[\w-]{20,}",
+    r"\bnpm_[0-9a-z]{36}",
+    r"\bpypi-[\w-]{50,}",
+    r"\bshp(?:at|ca|pa|ss)_[0-9a-f]{32}",
+    r"\bsq0(?:atp|csp)-[\w-]{22,}",
+    r"\b\d{8,10}:aa[\w-]{33}",
+    # PEM / PGP private keys, to the END line or to the end of a truncated value
+    r"-----begin[a-z0-9 ]{0,40}private key[a-z ]{0,10}-----"
+    r"(?:(?s:.*?)-----end[a-z0-9 ]{0,40}private key[a-z ]{0,10}-----|(?s:.*))",
+)
+_EMAIL = r"[\w.+-]{1,64}@(?:[\w-]{1,63}\.)+[^\W\d_]{2,24}\b"
+# scheme://user:password@ (any scheme: postgres, redis, amqp, mongodb+srv, https...)
+_URI = r"(?P<uri>(?P<urik>\b[a-z][a-z0-9+.-]{1,19}://)[^\s/?#@:]{0,256}:\S{0,256}?@)"
+_SSN = r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"
+_CARD = r"(?P<card>(?<![\d+.-])\d(?:[ -]?\d){12,18}(?![\d.]))"
+# key=value / key: value / "key": "value" in free text; the key decides (see _kv_value_end)
+_KV = r"(?P<kv>(?<![\w.])[\"']?(?P<kvk>[a-z_][\w.-]{0,63})[\"']?[ \t]*(?:=|:(?!//))[ \t]*)"
+
+_VALUE_PATTERN = "|".join([*_SECRET_PATTERNS, _EMAIL, _URI, _SSN, _CARD, _KV])
+
+# A string with none of these characters and shorter than this cannot match a built-in value
+# pattern (the shortest secrets without them are 13-digit card numbers); see test_fast_path.
+_TRIGGER_CHARS = ("@", "-", ":", "=")
+_MIN_PLAIN_SECRET = 13
+
+# Top-level event fields that hold free text: scrubbed span by span, not replaced wholesale.
+_TEXT_FIELDS = frozenset(
+    {"traceback", "exception", "exception_message", "description", "reason", "error",
+     "error_excerpt", "message"}
+)
+# Identity fields the brain keys on (task registry, queue registry, worker registry). They are
+# produced by code and the host, not by users; value patterns would turn "celery@host.example.com"
+# into an e-mail address. They are still made JSON-safe and size-capped.
+_IDENTITY_FIELDS = frozenset(
+    {"task_name", "queue", "worker", "worker_name", "task_id", "parent_task_id", "root_task_id",
+     "engine", "kind", "priority"}
+)
+# When an event is too big these go first, in this order, before any other field.
+_SHRINK_FIRST = ("traceback", "args", "kwargs", "result", "description", "exception_message",
+                 "exception")
+_KEEP_LAST = ("task_name", "queue", "worker")
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_AUTH_SCHEMES = re.compile(r"(?:bearer|basic|token|digest|negotiate|ntlm|apikey)\s+", re.I)
+_VALUE_STOP = frozenset(" \t\r\n,;&)}]>\"'")
+_TOKEN_STOP = frozenset(" \t\r\n\"'`,;()[]{}<>=:|")
+
+_MAX_KEY_LEN = 256  # longer keys are treated as sensitive (protocol.md 5.2)
+_MAX_EXTRA_KEY_LEN = 64  # extra key patterns only run on short keys; longer ones are sensitive
+_KEY_CACHE_MAX = 4096
+_SCAN_PAST_CUT = 2048  # a JWT or PEM header straddling the truncation point is still seen
+
+
+# ---------------------------------------------------------------------------------------------
+# Card numbers
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    parity = len(digits) % 2
+    for i, ch in enumerate(digits):
+        d = ord(ch) - 48
+        if i % 2 == parity:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _is_card_number(text: str) -> bool:
+    """Issuer prefix + length + Luhn: a random 16-digit id passes about 4% of the time."""
+    digits = text.replace(" ", "").replace("-", "")
+    n = len(digits)
+    if n < 13 or n > 19:
+        return False
+    first = digits[0]
+    if first == "4":  # Visa
+        ok = n in (13, 16, 19)
+    elif first == "5":  # Mastercard 51-55, Maestro 50/56-58
+        ok = n >= 16 or digits[1] in "0678"
+    elif first == "2":  # Mastercard 2221-2720
+        ok = n == 16 and 2221 <= int(digits[:4]) <= 2720
+    elif first == "3":  # Amex 34/37, Diners 30/36/38/39, JCB 35
+        ok = (digits[1] in "47" and n == 15) or (digits[1] in "05689" and n >= 14)
+    elif first == "6":  # Discover, UnionPay, Maestro
+        ok = n >= 16 or digits[1] in "37"
+    else:
+        return False
+    return ok and _luhn_ok(digits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Catastrophic-backtracking analysis for user patterns
+
+_MAXREPEAT = _sre.MAXREPEAT
+_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT)
+# Characters a pattern's single-char items are tested against (cheap set algebra).
+_ALPHABET = tuple(chr(i) for i in range(256)) + ("\u00e9", "\u03a9", "\u20ac", "\u4e2d", "\U0001f600")
+_ALL = frozenset(_ALPHABET)
+_CATEGORY_TEST: dict[Any, Callable[[str], bool]] = {
+    _sre.CATEGORY_DIGIT: str.isdigit,
+    _sre.CATEGORY_NOT_DIGIT: lambda c: not c.isdigit(),
+    _sre.CATEGORY_SPACE: str.isspace,
+    _sre.CATEGORY_NOT_SPACE: lambda c: not c.isspace(),
+    _sre.CATEGORY_WORD: lambda c: c.isalnum() or c == "_",
+    _sre.CATEGORY_NOT_WORD: lambda c: not (c.isalnum() or c == "_"),
+}
+
+
+def _char_set(op: Any, av: Any, icase: bool) -> frozenset[str] | None:
+    """The characters a single-character item can consume, or None if it is not one."""
+
+    def lit(code: int) -> set[str]:
+        c = chr(code)
+        return {c, c.lower(), c.upper()} if icase else {c}
+
+    if op is _sre.LITERAL:
+        return frozenset(lit(av))
+    if op is _sre.NOT_LITERAL:
+        return _ALL - lit(av)
+    if op is _sre.ANY:
+        return _ALL - {"\n"}
+    if op is _sre.IN:
+        chars: set[str] = set()
+        negate = False
+        for iop, iav in av:
+            if iop is _sre.NEGATE:
+                negate = True
+            elif iop is _sre.LITERAL:
+                chars |= lit(iav)
+            elif iop is _sre.RANGE:
+                lo, hi = iav
+                for c in _ALPHABET:
+                    if lo <= ord(c) <= hi or (icase and (lo <= ord(c.lower()) <= hi or lo <= ord(c.upper()) <= hi)):
+                        chars.add(c)
+            elif iop is _sre.CATEGORY:
+                test = _CATEGORY_TEST.get(iav)
+                chars |= {c for c in _ALPHABET if test is None or test(c)}
+            else:  # RANGE_UNI_IGNORE, CHARSET... (not produced by the parser): assume anything
+                chars = set(_ALPHABET)
+        return frozenset(_ALL - chars) if negate else frozenset(chars)
+    return None
+
+
+def _consumable(seq: Iterable[Any], icase: bool) -> frozenset[str]:
+    """Every character any single-char item inside ``seq`` can consume (over-approximation)."""
+    out: set[str] = set()
+    for op, av in seq:
+        cs = _char_set(op, av, icase)
+        if cs is not None:
+            out |= cs
+        elif op in _REPEATS or op is _sre.POSSESSIVE_REPEAT:
+            out |= _consumable(av[2], icase)
+        elif op is _sre.SUBPATTERN:
+            out |= _consumable(av[-1], icase)
+        elif op is _sre.ATOMIC_GROUP:
+            out |= _consumable(av, icase)
+        elif op is _sre.BRANCH:
+            for alt in av[1]:
+                out |= _consumable(alt, icase)
+        elif op is _sre.GROUPREF_EXISTS:
+            out |= _consumable(av[1], icase)
+            if av[2] is not None:
+                out |= _consumable(av[2], icase)
+        elif op is _sre.GROUPREF:
+            out |= _ALL
+    return frozenset(out)
+
+
+def _first(seq: Sequence[Any], icase: bool) -> tuple[frozenset[str], bool] | None:
+    """(possible first characters, can match empty) of a sequence, None when unknown."""
+    acc: set[str] = set()
+    for op, av in seq:
+        cs = _char_set(op, av, icase)
+        if cs is not None:
+            return frozenset(acc | cs), False
+        if op is _sre.AT or op in (_sre.ASSERT, _sre.ASSERT_NOT):
+            continue
+        if op is _sre.SUBPATTERN or op is _sre.ATOMIC_GROUP:
+            sub = _first(av[-1] if op is _sre.SUBPATTERN else av, icase)
+        elif op in _REPEATS or op is _sre.POSSESSIVE_REPEAT:
+            sub = _first(av[2], icase)
+            if sub is not None and av[0] == 0:
+                sub = (sub[0], True)
+        elif op is _sre.BRANCH:
+            parts = [_first(alt, icase) for alt in av[1]]
+            if any(p is None for p in parts):
+                return None
+            sub = (frozenset().union(*(p[0] for p in parts)), any(p[1] for p in parts))  # type: ignore[index]
+        else:
+            return None
+        if sub is None:
+            return None
+        acc |= sub[0]
+        if not sub[1]:
+            return frozenset(acc), False
+    return frozenset(acc), True
+
+
+def _mandatory_chars(seq: Sequence[Any], icase: bool) -> list[frozenset[str]]:
+    """Char sets of single-char items every match of ``seq`` must consume (top level only)."""
+    out: list[frozenset[str]] = []
+    for op, av in seq:
+        cs = _char_set(op, av, icase)
+        if cs is not None:
+            out.append(cs)
+        elif op is _sre.SUBPATTERN:
+            out.extend(_mandatory_chars(av[-1], icase))
+        elif op in _REPEATS and av[0] >= 1 and len(av[2]) == 1:
+            inner = _char_set(av[2][0][0], av[2][0][1], icase)
+            if inner is not None:
+                out.append(inner)
+    return out
+
+
+def _structural_problem(pattern: str, parsed: Any, icase: bool) -> str | None:
+    """Name the first construct that can backtrack exponentially, or None."""
+
+    def walk(seq: Sequence[Any], outer: Sequence[Any] | None) -> str | None:
+        for op, av in seq:
+            if op in _REPEATS:
+                lo, hi, body = av
+                variable = lo != hi
+                if outer is not None and variable:
+                    inner_chars = _consumable(body, icase)
+                    separators = _mandatory_chars(outer, icase)
+                    if not any(sep and not (sep & inner_chars) for sep in separators):
+                        return ("nested quantifier: a variable repeat inside another repeat "
+                                "(like '(a+)+' or '(\\w+\\s?)*') can try exponentially many splits")
+                repeats_many = hi == _MAXREPEAT or hi >= 3
+                if repeats_many:
+                    problem = ambiguous_branch(body)
+                    if problem:
+                        return problem
+                found = walk(body, body if repeats_many else outer)
+                if found:
+                    return found
+            elif op is _sre.POSSESSIVE_REPEAT:
+                found = walk(av[2], None)
+                if found:
+                    return found
+            elif op is _sre.ATOMIC_GROUP:
+                found = walk(av, None)
+                if found:
+                    return found
+            elif op is _sre.SUBPATTERN:
+                found = walk(av[-1], outer)
+                if found:
+                    return found
+            elif op is _sre.BRANCH:
+                for alt in av[1]:
+                    found = walk(alt, outer)
+                    if found:
+                        return found
+            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+                found = walk(av[1], None)
+                if found:
+                    return found
+            elif op is _sre.GROUPREF_EXISTS:
+                for branch in (av[1], av[2]):
+                    if branch is not None:
+                        found = walk(branch, outer)
+                        if found:
+                            return found
+        return None
+
+    def ambiguous_branch(body: Sequence[Any]) -> str | None:
+        for op, av in body:
+            if op is _sre.SUBPATTERN:
+                found = ambiguous_branch(av[-1])
+                if found:
+                    return found
+            if op is not _sre.BRANCH:
+                continue
+            firsts = [_first(alt, icase) for alt in av[1]]
+            empties = sum(1 for f in firsts if f is not None and f[1])
+            if empties > 1:
+                return ("ambiguous alternation inside a repeat (like '(a|a)*'): two branches "
+                        "match the same text")
+            known = [f[0] for f in firsts if f is not None and not f[1]]
+            for i, a in enumerate(known):
+                for b in known[i + 1:]:
+                    if a & b:
+                        return ("ambiguous alternation inside a repeat (like '(a|ab)+' or "
+                                "'(x|x?)*'): branches can start with the same character")
+        return None
+
+    return walk(parsed.data, None)
+
+
+def _probe_chars(parsed: Any, icase: bool) -> list[str]:
+    chars: list[str] = []
+
+    def add(c: str) -> None:
+        if c not in chars and len(chars) < 12:
+            chars.append(c)
+
+    def walk(seq: Iterable[Any]) -> None:
+        for op, av in seq:
+            cs = _char_set(op, av, icase)
+            if cs is not None:
+                for pick in ("a", "0", " ", "-", "."):
+                    if pick in cs:
+                        add(pick)
+                        break
+                else:
+                    if cs:
+                        add(min(cs))
+            elif op in _REPEATS or op is _sre.POSSESSIVE_REPEAT:
+                walk(av[2])
+            elif op is _sre.SUBPATTERN:
+                walk(av[-1])
+            elif op is _sre.ATOMIC_GROUP:
+                walk(av)
+            elif op is _sre.BRANCH:
+                for alt in av[1]:
+                    walk(alt)
+            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+                walk(av[1])
+
+    walk(parsed.data)
+    for c in ("a", "0", " ", "-", "@"):
+        add(c)
+    return chars
+
+
+def _time_once(fn: Callable[[str], Any], probe: str) -> float:
+    start = time.perf_counter()
+    fn(probe)
+    return time.perf_counter() - start
+
+
+def _timing_problem(compiled: re.Pattern[str], parsed: Any, icase: bool, *, key: bool,
+                    per_probe: float, total_budget: float) -> str | None:
+    """Run the pattern on growing adversarial probes; refuse super-linear or slow growth."""
+    fn = compiled.fullmatch if key else compiled.search
+    sizes = (8, 12, 16, 20, 24, 32, 48, 64) if key else (64, 256, 1024, 4096)
+    chars = _probe_chars(parsed, icase)
+    families = [c for c in chars] + [a + b for i, a in enumerate(chars[:4]) for b in chars[i + 1:4]]
+    spent = 0.0
+    for unit in families:
+        prev = None
+        for size in sizes:
+            probe = (unit * (size // len(unit) + 1))[:size] + "\x00"
+            t = _time_once(fn, probe)
+            if t > 0.001:  # noisy machine or real problem: keep the best of two more runs
+                t = min(t, _time_once(fn, probe), _time_once(fn, probe))
+            spent += t
+            if t > per_probe:
+                return (f"took {t * 1000:.0f} ms on a {size}-character probe ({unit!r} repeated); "
+                        f"the budget is {per_probe * 1000:.0f} ms")
+            if prev is not None and t > 0.002 and t / max(prev, 1e-7) > 2.5 * size / prev_size:
+                return (f"run time grows super-linearly with input length ({prev * 1000:.1f} ms "
+                        f"at {prev_size} chars, {t * 1000:.1f} ms at {size})")
+            if spent > total_budget:
+                return f"adversarial probes took {spent * 1000:.0f} ms in total (budget {total_budget * 1000:.0f} ms)"
+            prev, prev_size = t, size
+    return None
+
+
+def _check_pattern(setting: str, index: int, pattern: object, *, key: bool,
+                   per_probe: float = 0.020, total_budget: float = 0.100) -> re.Pattern[str]:
+    where = f"{setting}[{index}]"
+    fix_generic = ("use possessive quantifiers ('a++', '\\w*+') or atomic groups ('(?>...)'), "
+                   "bound repeats ('{1,64}'), or anchor the pattern on a literal prefix")
+    if not isinstance(pattern, str):
+        raise RedactionPatternError(where, pattern, f"expected a regex string, got {type(pattern).__name__}",
+                                    "pass a list of strings")
+    if not pattern.strip():
+        raise RedactionPatternError(where, pattern, "empty pattern", "remove it or write a real regex")
+    if len(pattern) > 1024:
+        raise RedactionPatternError(where, pattern[:64] + "...", f"pattern is {len(pattern)} characters long",
+                                    "keep each pattern under 1024 characters; split it into several")
+    try:
+        compiled = re.compile(pattern, re.IGNORECASE)
+        parsed = _sre_parse.parse(pattern, re.IGNORECASE)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise RedactionPatternError(where, pattern, f"does not compile ({exc})",
+                                    "check the regex syntax (Python 're' module)") from None
+    icase = True
+    lo, _hi = parsed.getwidth()
+    if not key and lo == 0:
+        raise RedactionPatternError(where, pattern, "it can match the empty string, so it would redact every value",
+                                    "require at least one character (use '+' instead of '*')")
+    problem = _structural_problem(pattern, parsed, icase)
+    if problem:
+        raise RedactionPatternError(where, pattern, f"catastrophic backtracking risk: {problem}", fix_generic)
+    problem = _timing_problem(compiled, parsed, icase, key=key, per_probe=per_probe, total_budget=total_budget)
+    if problem:
+        if not key and (pattern.startswith((".*", ".+")) or pattern.endswith((".*", ".+"))):
+            fix_generic = ("drop the leading/trailing '.*' (value patterns are already searched "
+                           "anywhere in the string); " + fix_generic)
+        raise RedactionPatternError(where, pattern, f"catastrophic backtracking: {problem}", fix_generic)
+    return compiled
+
+
+def _combine(compiled: list[re.Pattern[str]]) -> list[re.Pattern[str]]:
+    """One alternation when numbering cannot shift (no groups), else the list as given."""
+    if len(compiled) > 1 and all(p.groups == 0 for p in compiled):
+        try:
+            return [re.compile("|".join(f"(?:{p.pattern})" for p in compiled), re.IGNORECASE)]
+        except re.error:
+            pass
+    return compiled
+
+
+def _as_pattern_list(patterns: Sequence[str] | str | None) -> list[Any]:
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        return [patterns]
+    return list(patterns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe conversions
+
+
+def _type_name(value: Any) -> str:
+    try:
+        return type(value).__name__
+    except Exception:  # noqa: BLE001 - pathological metaclass
+        return "object"
+
+
+def _safe_str(value: Any) -> str:
+    """str(), then repr(), then a placeholder: a hostile __str__ must not escape."""
+    for fn in (str, repr):
+        try:
+            text = fn(value)
+            if type(text) is str:
+                return text
+            return str.__str__(text) if isinstance(text, str) else f"<unrepresentable {_type_name(value)}>"
+        except Exception:  # noqa: BLE001,S112 - any failure means "try the next way"
+            continue
+    return f"<unrepresentable {_type_name(value)}>"
+
+
+def _float_value(v: float) -> float | str:
+    if math.isfinite(v):
+        return v
+    if v != v:
+        return "NaN"
+    return "Infinity" if v > 0 else "-Infinity"
+
+
+def _utf8_len(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
+def _truncate_utf8(s: str, limit: int, total: int | None = None) -> str:
+    """Cut ``s`` so the result, marker included, is at most ``limit`` UTF-8 bytes."""
+    if total is None:
+        total = _utf8_len(s)
+    if total <= limit:
+        return s
+    reserve = len((TRUNCATION_MARKER_PREFIX + f"{total} bytes]").encode("utf-8"))
+    keep = max(0, limit - reserve)
+    head = s[:keep].encode("utf-8", "surrogatepass")[:keep].decode("utf-8", "ignore")
+    head = _SURROGATES.sub("\ufffd", head)
+    kept = _utf8_len(head)
+    return f"{head}{TRUNCATION_MARKER_PREFIX}{total - kept} bytes]"
+
+
+def _json_size(value: Any) -> int:
+    return len(canonical_bytes(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# The redactor
+
+
+class _Walk:
+    """Per-call state: ids on the current path (cycles) and a byte estimate (work cap)."""
+
+    __slots__ = ("path", "est", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.path: set[int] = set()
+        self.est = 0
+        self.cap = cap
+
+
+class Redactor:
+    """Scrubs task payloads, event data and log lines; see the module docstring.
+
+    Thread safe: the only shared mutable state is a bounded key-decision cache (plain dict
+    operations, atomic under the GIL).
+    """
+
+    def __init__(
+        self,
+        *,
+        extra_key_patterns: Sequence[str] = (),
+        extra_value_patterns: Sequence[str] = (),
+        max_value_bytes: int = 8192,
+        max_event_bytes: int = 65536,
+        max_depth: int = 32,
+        detect_card_numbers: bool = True,
+    ) -> None:
+        self.max_value_bytes = _check_int("max_value_bytes", max_value_bytes, 128,
+                                          "set max_payload_bytes / Z4J_MAX_PAYLOAD_BYTES to 128 or more")
+        self.max_event_bytes = _check_int("max_event_bytes", max_event_bytes, 1024,
+                                          "set max_event_bytes / Z4J_MAX_EVENT_BYTES to 1024 or more")
+        self.max_depth = _check_int("max_depth", max_depth, 1, "use a depth of 1 or more")
+        self.detect_card_numbers = bool(detect_card_numbers)
+
+        key_list = _as_pattern_list(extra_key_patterns)
+        value_list = _as_pattern_list(extra_value_patterns)
+        self.extra_key_patterns = tuple(key_list)
+        self.extra_value_patterns = tuple(value_list)
+        self._extra_keys = _combine([
+            _check_pattern("redaction_extra_key_patterns", i, p, key=True) for i, p in enumerate(key_list)
+        ])
+        extra_values = [
+            _check_pattern("redaction_extra_value_patterns", i, p, key=False) for i, p in enumerate(value_list)
+        ]
+        self._extra_value_min = min((_sre_parse.parse(p.pattern, re.I).getwidth()[0] for p in extra_values),
+                                    default=1 << 30)
+        self._extra_values = _combine(extra_values)
+
+        self._key_re = re.compile("|".join(f"(?:{p})" for p in _KEY_PATTERNS), re.IGNORECASE)
+        self._value_re = re.compile(_VALUE_PATTERN, re.IGNORECASE)
+        self._key_cache: dict[str, tuple[str, bool]] = {}
+        self._ascii_fits = self.max_value_bytes // 4  # any str this short fits in max_value_bytes
+        self._work_cap = 8 * self.max_event_bytes
+
+    def __repr__(self) -> str:
+        return (f"Redactor(extra_key_patterns={len(self.extra_key_patterns)}, "
+                f"extra_value_patterns={len(self.extra_value_patterns)}, "
+                f"max_value_bytes={self.max_value_bytes}, max_event_bytes={self.max_event_bytes}, "
+                f"max_depth={self.max_depth})")
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def scrub(self, value: Any) -> Any:
+        """A JSON-safe, redacted, size-capped copy of ``value``. Never raises."""
+        try:
+            return self._node(value, 0, _Walk(self._work_cap))
+        except Exception:  # noqa: BLE001 - the contract is "never raises"
+            return REDACTED
+
+    def scrub_text(self, text: str) -> str:
+        """Free text (exception messages, tracebacks): secrets replaced span by span, then capped."""
+        try:
+            if type(text) is not str:
+                text = _safe_str(text)
+            return self._text(text)
+        except Exception:  # noqa: BLE001
+            return REDACTED
+
+    def scrub_data(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Scrub an event's ``data`` dict and make its canonical JSON fit ``max_event_bytes``."""
+        try:
+            return self._scrub_data(data)
+        except Exception:  # noqa: BLE001
+            return {"redaction_error": REDACTED}
+
+    def is_sensitive_key(self, key: Any) -> bool:
+        try:
+            return self._key(key)[1]
+        except Exception:  # noqa: BLE001
+            return True
+
+    def contains_secret(self, text: str) -> bool:
+        """True when a value pattern matches anywhere in ``text`` (whole-value semantics)."""
+        try:
+            return self._hit(text)
+        except Exception:  # noqa: BLE001
+            return True
+
+    # -- walking ------------------------------------------------------------------------------
+
+    def _node(self, v: Any, depth: int, st: _Walk) -> Any:
+        t = type(v)
+        if t is str:
+            st.est += 6 * len(v) + 3
+            return self._str(v)
+        if t is int:
+            if v.bit_length() > 1024:  # json refuses ints over 4300 digits; nobody needs them
+                st.est += 32
+                return f"<int of {v.bit_length()} bits>"
+            st.est += 24 if v.bit_length() <= 64 else v.bit_length() // 3 + 3
+            return v
+        if v is None or t is bool:
+            st.est += 6
+            return v
+        if t is float:
+            st.est += 26
+            return _float_value(v)
+        try:
+            if depth >= self.max_depth and isinstance(v, (dict, list, tuple, set, frozenset)):
+                st.est += 13
+                return REDACTED
+            if isinstance(v, dict):
+                return self._dict(v, depth, st)
+            if isinstance(v, (list, tuple, set, frozenset)):
+                return self._list(v, depth, st)
+            return self._other(v, st)
+        except Exception:  # noqa: BLE001 - e.g. dict mutated by another thread mid-walk
+            return REDACTED
+
+    def _dict(self, v: dict[Any, Any], depth: int, st: _Walk) -> Any:
+        ident = id(v)
+        if ident in st.path:
+            st.est += 20
+            return _CYCLE
+        st.path.add(ident)
+        try:
+            out: dict[str, Any] = {}
+            st.est += 2
+            items = list(dict.items(v))
+            for i, (k, val) in enumerate(items):
+                if st.est > st.cap:
+                    out[TRUNCATION_MARKER_PREFIX + "keys]"] = f"{len(items) - i} more keys"
+                    break
+                out_key, sensitive = self._key(k)
+                if out_key in out:
+                    out_key = _unique_key(out, out_key)
+                st.est += 6 * len(out_key) + 4
+                if sensitive:
+                    st.est += 13
+                    out[out_key] = REDACTED
+                else:
+                    out[out_key] = self._node(val, depth + 1, st)
+            return out
+        finally:
+            st.path.discard(ident)
+
+    def _list(self, v: Any, depth: int, st: _Walk) -> Any:
+        ident = id(v)
+        if ident in st.path:
+            st.est += 20
+            return _CYCLE
+        st.path.add(ident)
+        try:
+            if isinstance(v, (set, frozenset)):
+                try:
+                    items = sorted(v)
+                except Exception:  # noqa: BLE001 - unorderable members: keep iteration order
+                    items = list(v)
+            else:
+                items = list(v)
+            out: list[Any] = []
+            st.est += 2
+            for i, item in enumerate(items):
+                if st.est > st.cap:
+                    out.append(f"{TRUNCATION_MARKER_PREFIX}{len(items) - i} items]")
+                    break
+                st.est += 1
+                out.append(self._node(item, depth + 1, st))
+            return out
+        finally:
+            st.path.discard(ident)
+
+    def _other(self, v: Any, st: _Walk) -> Any:
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            raw = bytes(v[: self.max_value_bytes]) if not isinstance(v, memoryview) else v[: self.max_value_bytes].tobytes()
+            text = repr(raw)
+            if len(v) > self.max_value_bytes:
+                text += f"{TRUNCATION_MARKER_PREFIX}{len(v) - self.max_value_bytes} bytes]"
+            st.est += 6 * len(text) + 3
+            return self._str(text)
+        if isinstance(v, str):  # str subclass
+            return self._node(str.__str__(v), 0, st)
+        if isinstance(v, bool):
+            return bool(v)
+        if isinstance(v, int):  # IntEnum & co: the plain number is what JSON would show
+            return self._node(int(v), 0, st)
+        if isinstance(v, float):
+            return self._node(float(v), 0, st)
+        text = _safe_str(v)
+        st.est += 6 * len(text) + 3
+        return self._str(text)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _key(self, k: Any) -> tuple[str, bool]:
+        if type(k) is not str:
+            k = _key_text(k)
+        hit = self._key_cache.get(k)
+        if hit is not None:
+            return hit
+        decision = self._decide_key(k)
+        if len(k) <= _MAX_KEY_LEN:
+            if len(self._key_cache) >= _KEY_CACHE_MAX:
+                self._key_cache.clear()
+            self._key_cache[k] = decision
+        return decision
+
+    def _decide_key(self, k: str) -> tuple[str, bool]:
+        sensitive = (
+            len(k) > _MAX_KEY_LEN
+            or self._key_re.fullmatch(k) is not None
+            or (bool(self._extra_keys)
+                and (len(k) > _MAX_EXTRA_KEY_LEN or any(p.fullmatch(k) for p in self._extra_keys)))
+        )
+        return self._str(k), sensitive
+
+    # -- strings ------------------------------------------------------------------------------
+
+    def _clean(self, s: str) -> tuple[str, str]:
+        """(capped string, text to scan). The scan text runs a little past the cut so a secret
+        straddling the truncation point is still recognised."""
+        if not s.isascii():
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                s = _SURROGATES.sub("\ufffd", s)
+        if len(s) <= self._ascii_fits:
+            return s, s
+        total = _utf8_len(s)
+        if total <= self.max_value_bytes:
+            return s, s
+        cut = _truncate_utf8(s, self.max_value_bytes, total)
+        return cut, s[: len(cut) + _SCAN_PAST_CUT]
+
+    def _str(self, s: str) -> str:
+        n = len(s)
+        # Fast path: most strings in task payloads are short words that cannot hold a secret.
+        if n < _MIN_PLAIN_SECRET and "@" not in s and "-" not in s and ":" not in s and "=" not in s:
+            if n < self._extra_value_min:
+                if s.isascii():
+                    return s
+                return self._clean(s)[0]
+        out, scan = self._clean(s)
+        return REDACTED if self._hit(scan) else out
+
+    def _hit(self, s: str) -> bool:
+        rx = self._value_re
+        pos = 0
+        while True:
+            m = rx.search(s, pos)
+            if m is None:
+                break
+            group = m.lastgroup
+            if group == "kv":
+                if self._key(m.group("kvk"))[1] and _kv_value_end(s, m.end()) > m.end():
+                    return True
+                pos = m.end()
+            elif group == "card":
+                if self.detect_card_numbers and _is_card_number(m.group("card")):
+                    return True
+                pos = m.end()
+            else:
+                return True
+        if self._extra_values and len(s) >= self._extra_value_min:
+            return any(p.search(s) is not None for p in self._extra_values)
+        return False
+
+    def _text(self, text: str) -> str:
+        capped, scan = self._clean(text)
+        out = self._sub_builtin(scan)
+        if self._extra_values:
+            out = self._sub_extra(out)
+        if capped is not scan:
+            # scrubbed past the cut (a secret may straddle it); cap again, counting the original
+            out = _truncate_utf8(out, self.max_value_bytes, max(_utf8_len(text), _utf8_len(out)))
+        return out
+
+    def _sub_builtin(self, s: str) -> str:
+        rx = self._value_re
+        parts: list[str] = []
+        last = pos = 0
+        while True:
+            m = rx.search(s, pos)
+            if m is None:
+                break
+            group = m.lastgroup
+            if group == "kv":
+                end = m.end()
+                if self._key(m.group("kvk"))[1]:
+                    vend = _kv_value_end(s, end)
+                    if vend > end:
+                        quote = s[end] if s[end] in "\"'" else ""
+                        parts.append(s[last:end])
+                        parts.append(f"{quote}{REDACTED}{quote}")
+                        last = pos = vend
+                        continue
+                pos = end
+                continue
+            if group == "card":
+                if not (self.detect_card_numbers and _is_card_number(m.group("card"))):
+                    pos = m.end()
+                    continue
+            parts.append(s[last:m.start()])
+            if group == "uri":
+                parts.append(f"{m.group('urik')}{REDACTED}@")
+            else:
+                parts.append(REDACTED)
+            last = pos = max(m.end(), m.start() + 1)
+        if not parts:
+            return s
+        parts.append(s[last:])
+        return "".join(parts)
+
+    def _sub_extra(self, s: str) -> str:
+        """User patterns may match only part of a secret (a prefix, say): widen each hit to the
+        whole token around it so no tail of the secret survives."""
+        for rx in self._extra_values:
+            parts: list[str] = []
+            last = pos = 0
+            while pos <= len(s):
+                m = rx.search(s, pos)
+                if m is None:
+                    break
+                start, end = m.start(), m.end()
+                while start > last and s[start - 1] not in _TOKEN_STOP:
+                    start -= 1
+                while end < len(s) and s[end] not in _TOKEN_STOP:
+                    end += 1
+                parts.append(s[last:start])
+                parts.append(REDACTED)
+                last = end
+                pos = max(end, m.start() + 1)
+            if parts:
+                parts.append(s[last:])
+                s = "".join(parts)
+        return s
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _scrub_data(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            data = {"value": data}
+        st = _Walk(self._work_cap)
+        out: dict[str, Any] = {}
+        for k, v in list(dict.items(data)):
+            out_key, sensitive = self._key(k)
+            if out_key in out:
+                out_key = _unique_key(out, out_key)
+            if sensitive:
+                out[out_key] = REDACTED
+            elif out_key in _TEXT_FIELDS and type(v) is str:
+                st.est += 6 * len(v) + 3
+                out[out_key] = self._text(v)
+            elif out_key in _IDENTITY_FIELDS and type(v) is str:
+                st.est += 6 * len(v) + 3
+                out[out_key] = self._clean(v)[0]
+            else:
+                out[out_key] = self._node(v, 1, st)
+            st.est += 6 * len(out_key) + 4
+        if st.est <= self.max_event_bytes:  # upper bound: no need to serialise
+            return out
+        return self._fit(out)
+
+    def _fit(self, out: dict[str, Any]) -> dict[str, Any]:
+        limit = self.max_event_bytes
+        total = _json_size(out)
+        if total <= limit:
+            return out
+        sizes = {k: _json_size(v) for k, v in out.items()}
+        first = [k for k in _SHRINK_FIRST if k in out]
+        rest = sorted((k for k in out if k not in first and k not in _KEEP_LAST), key=lambda k: -sizes[k])
+        last = [k for k in _KEEP_LAST if k in out]
+        for group in (first, rest, last):
+            # largest first inside a group: the least number of fields lose information
+            for k in sorted(group, key=lambda k: -sizes[k]):
+                if total <= limit:
+                    return out
+                excess = total - limit
+                budget = max(0, sizes[k] - excess)
+                out[k] = _shrink(out[k], budget)
+                new = _json_size(out[k])
+                total += new - sizes[k]
+                sizes[k] = new
+        if total <= limit:
+            return out
+        # Pathological (thousands of keys): keep only the identity fields, capped.
+        slim = {k: _shrink(out[k], limit // 8) for k in _KEEP_LAST if k in out}
+        slim[TRUNCATION_MARKER_PREFIX + "event]"] = f"{total} bytes did not fit in {limit}"
+        return slim
+
+
+def _check_int(name: str, value: Any, minimum: int, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}; {fix}")
+    return int(value)
+
+
+def _key_text(k: Any) -> str:
+    """Stringify a dict key the way json.dumps would (True -> "true", None -> "null")."""
+    if k is True:
+        return "true"
+    if k is False:
+        return "false"
+    if k is None:
+        return "null"
+    if isinstance(k, int):
+        return str(int(k)) if k.bit_length() <= 1024 else f"<int of {k.bit_length()} bits>"
+    if isinstance(k, float):
+        v = _float_value(float(k))
+        return v if isinstance(v, str) else repr(v)
+    if isinstance(k, str):
+        return str.__str__(k)
+    return _safe_str(k)
+
+
+def _unique_key(out: dict[str, Any], key: str) -> str:
+    n = 2
+    while f"{key}#{n}" in out:
+        n += 1
+    return f"{key}#{n}"
+
+
+def _kv_value_end(s: str, start: int) -> int:
+    """End index of the value that starts at ``start`` (quoted, or up to a delimiter); the end
+    equals ``start`` when there is no value worth hiding (no letter or digit in it)."""
+    n = len(s)
+    if start >= n:
+        return start
+    q = s[start]
+    if q in "\"'":
+        end = start + 1
+        limit = min(n, start + 4096)
+        while end < limit:
+            c = s[end]
+            if c == "\\":
+                end += 2
+                continue
+            if c == q or c == "\n":
+                break
+            end += 1
+        end = min(end + 1, n) if end < n and s[end] == q else min(end, n)
+    else:
+        m = _AUTH_SCHEMES.match(s, start)
+        end = m.end() if m else start
+        limit = min(n, end + 4096)
+        while end < limit and s[end] not in _VALUE_STOP:
+            end += 1
+    return end if any(c.isalnum() for c in s[start:end]) else start
+
+
+def _shrink(value: Any, budget: int) -> Any:
+    """A version of ``value`` whose canonical JSON is at most ``budget`` bytes (best effort:
+    the smallest marker is about 30 bytes)."""
+    size = _json_size(value)
+    if size <= budget:
+        return value
+    if isinstance(value, str):
+        # JSON escaping can make the encoded form larger than the UTF-8 text: cut, then verify
+        limit = max(0, budget - 2)
+        for _ in range(8):
+            cut = _truncate_utf8(value, limit)
+            if _json_size(cut) <= budget or limit == 0:
+                return cut
+            limit = max(0, limit - (_json_size(cut) - budget) - 8)
+        return cut
+    marker_room = 40
+    if isinstance(value, list):
+        out: list[Any] = []
+        used = 2
+        for i, item in enumerate(value):
+            item_size = _json_size(item) + 1
+            room = budget - used - marker_room
+            if item_size <= room:
+                out.append(item)
+                used += item_size
+                continue
+            if room > 64:
+                out.append(_shrink(item, room - 1))
+                used += _json_size(out[-1]) + 1
+                i += 1
+            if i < len(value):
+                out.append(f"{TRUNCATION_MARKER_PREFIX}{len(value) - i} items]")
+            break
+        return out if _json_size(out) <= budget else f"{TRUNCATION_MARKER_PREFIX}{size} bytes]"
+    if isinstance(value, dict):
+        outd: dict[str, Any] = {}
+        used = 2
+        items = list(value.items())
+        for i, (k, item) in enumerate(items):
+            item_size = _json_size(k) + _json_size(item) + 2
+            room = budget - used - marker_room - len(k.encode("utf-8", "surrogatepass"))
+            if item_size <= budget - used - marker_room:
+                outd[k] = item
+                used += item_size
+                continue
+            if room > 64:
+                outd[k] = _shrink(item, room - 4)
+                used += _json_size(k) + _json_size(outd[k]) + 2
+                i += 1
+            if i < len(items):
+                outd[TRUNCATION_MARKER_PREFIX + "keys]"] = f"{len(items) - i} more keys"
+            break
+        return outd if _json_size(outd) <= budget else f"{TRUNCATION_MARKER_PREFIX}{size} bytes]"
+    return f"{TRUNCATION_MARKER_PREFIX}{size} bytes]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+_default: Redactor | None = None
+
+_LOG_PASSTHROUGH = frozenset({"level", "logger", "timestamp", "_record", "_from_structlog", "exc_info",
+                              "stack_info", "log_level", "logger_name"})
+_LOG_TEXT = frozenset({"event", "exception", "stack"})
+
+
+def default_redactor() -> Redactor:
+    """A shared Redactor with built-in patterns only (for logs before a config exists)."""
+    global _default
+    if _default is None:
+        _default = Redactor()
+    return _default
+
+
+def log_scrubber(redactor: Redactor | None = None) -> Callable[[Any, str, dict[str, Any]], dict[str, Any]]:
+    """A structlog processor that scrubs log lines like task payloads.
+
+    Place it after ``format_exc_info`` (or anywhere: an un-rendered ``exc_info`` is rendered and
+    scrubbed here so the traceback text cannot carry a secret past this point). The library
+    never installs it itself; applications add it to their structlog configuration.
+    """
+
+    def processor(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        r = redactor if redactor is not None else default_redactor()
+        try:
+            exc_info = event_dict.get("exc_info")
+            if exc_info and "exception" not in event_dict:
+                event_dict = _render_exc_info(logger, method_name, event_dict)
+            for key in list(event_dict):
+                value = event_dict[key]
+                if key in _LOG_PASSTHROUGH:
+                    continue
+                if key in _LOG_TEXT and isinstance(value, str):
+                    event_dict[key] = r.scrub_text(value)
+                elif key == "positional_args" and isinstance(value, tuple):
+                    event_dict[key] = tuple(r.scrub(list(value)))
+                elif r.is_sensitive_key(key):
+                    event_dict[key] = REDACTED
+                elif type(value) in (int, float, bool) or value is None:
+                    continue
+                else:
+                    event_dict[key] = r.scrub(value)
+            return event_dict
+        except Exception:  # noqa: BLE001 - a logging processor must never break the caller
+            return {"event": "log.redaction_failed", "level": event_dict.get("level", "error")}
+
+    return processor
+
+
+def _render_exc_info(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    try:
+        from structlog.processors import format_exc_info
+
+        return format_exc_info(logger, method_name, event_dict)
+    except Exception:  # noqa: BLE001
+        event_dict.pop("exc_info", None)
+        event_dict["exception"] = REDACTED
+        return event_dict

@@ -1,0 +1,14 @@
+"""z4j for RQ: the adapter and agent-installing worker classes.
+
+    from z4j_bare import install_agent
+    from z4j_rq import RqEngineAdapter
+    install_agent(engines=[RqEngineAdapter(redis_url="redis://localhost:6379/0")])
+
+or, with the Z4J_* environment set: ``rq worker --worker-class z4j_rq.Worker``
+(also ``z4j_rq.SimpleWorker`` and ``z4j_rq.SpawnWorker``). See docs/rq.md.
+"""
+
+from z4j_bare.engines.rq import RqEngineAdapter
+from z4j_bare.engines.rq_workers import JobStopped, SimpleWorker, SpawnWorker, Worker
+
+__all__ = ["JobStopped", "RqEngineAdapter", "SimpleWorker", "SpawnWorker", "Worker"]
