@@ -138,6 +138,7 @@ def measure_ceiling(
     lat_ms = sorted(x * 1000 for x in latencies)
     return {
         "events_per_s": round(events / elapsed, 1),
+        "tasks_per_s": round(-(-events // 3) / elapsed, 1),  # each task = received+started+succeeded
         "frames_per_s": round(len(chunks) / elapsed, 2),
         "events": events,
         "batch": batch,
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(result), flush=True)
             else:
                 print(f"batch={size:>5} events={n:>6} inflight={args.inflight}: {result['events_per_s']:>9.1f} events/s "
-                      f"({result['frames_per_s']} frames/s, ack p50 {result['ack_ms_p50']} ms, "
+                      f"({result['tasks_per_s']} tasks/s, {result['frames_per_s']} frames/s, ack p50 {result['ack_ms_p50']} ms, "
                       f"p95 {result['ack_ms_p95']} ms, accepted {result['accepted']})", flush=True)  # fmt: skip
     finally:
         if brain is not None:

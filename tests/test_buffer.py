@@ -8,7 +8,6 @@ import stat
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -315,3 +314,16 @@ def test_rejects_bad_caps(tmp_path):
         BufferStore(tmp_path / "b.sqlite", max_rows=0)
     with pytest.raises(ValueError, match="max_bytes"):
         BufferStore(tmp_path / "b.sqlite", max_bytes=10)
+
+
+def test_close_keeps_file_with_command_memory_or_losses(tmp_path):
+    from z4j_bare.buffer import BufferStore
+
+    path = tmp_path / "keep.sqlite"
+    store = BufferStore(path)
+    store.count_loss("content_rejected_frames", 2)
+    store.close()
+    assert path.exists()
+    reopened = BufferStore(path)
+    assert reopened.telemetry_loss()["content_rejected_frames"] == 2
+    reopened.close()

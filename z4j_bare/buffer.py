@@ -15,8 +15,8 @@ Design notes (the why; figures in docs/performance.md, "Buffer"):
   a *tombstone* (kind ``~``, empty body) instead and removed once a newer row exists.
 * Caps are checked only every few appends (a per-connection budget derived from the
   remaining room, halved each check, never more than 64); when over, the oldest rows are
-  evicted in one transaction, with a small slack (0.5% of the cap, at most 256 rows) so a full buffer does
-  not pay an eviction on every append. Several processes may overshoot a cap by at most
+  evicted in one transaction, with a small slack (0.5% of the cap, at most 256 rows) so a
+  full buffer does not pay an eviction on every append. Several processes may overshoot a cap by at most
   their unchecked budgets, transiently.
 * One writer connection per process behind a ``threading.Lock`` (threads queue on the
   lock instead of SQLite's sleeping busy handler), and a separate reader connection for
@@ -45,7 +45,7 @@ import structlog
 
 from . import buffer_files as bf
 
-__all__ = ["BufferStorageError", "BufferRow", "BufferStore", "FORMAT", "LOSS_KEYS"]
+__all__ = ["FORMAT", "LOSS_KEYS", "BufferRow", "BufferStorageError", "BufferStore"]
 
 log = structlog.get_logger("z4j_bare.buffer")
 
@@ -117,9 +117,23 @@ class BufferRow:
     engine: str = ""
 
 
+_ROW_NEW = object.__new__
+_ROW_SET = tuple(BufferRow.__dict__[f].__set__ for f in ("id", "kind", "body", "attempts", "created_at", "engine"))
+
+
+def _make_row(values: tuple) -> BufferRow:
+    # The frozen dataclass __init__ costs ~4 us per row (object.__setattr__ per field);
+    # slot descriptors set the same fields ~4x faster, which matters at 5000 rows a read.
+    row = _ROW_NEW(BufferRow)
+    s0, s1, s2, s3, s4, s5 = _ROW_SET
+    v0, v1, v2, v3, v4, v5 = values
+    s0(row, v0); s1(row, v1); s2(row, v2); s3(row, v3); s4(row, v4); s5(row, v5)
+    return row
+
+
 # --------------------------------------------------------------------------- fork hygiene
 
-_STORES: "weakref.WeakSet[BufferStore]" = weakref.WeakSet()
+_STORES: weakref.WeakSet[BufferStore] = weakref.WeakSet()
 _GRAVEYARD: list[Any] = []  # inherited connections a child must never close (see _forked)
 
 
@@ -179,8 +193,8 @@ def _sqlite_lib() -> Any:
     global _LIB
     if _LIB is False:
         try:
-            import ctypes
             import _sqlite3
+            import ctypes
 
             lib = ctypes.CDLL(_sqlite3.__file__)
             lib.sqlite3_db_config.restype = ctypes.c_int
@@ -192,8 +206,11 @@ def _sqlite_lib() -> Any:
 
 def _runs(ids: Iterable[int]) -> list[tuple[int, int]]:
     """Sorted contiguous [lo, hi] runs: an ack of 500 consecutive rows is one range."""
+    lst = [int(x) for x in ids]
+    if lst and lst[-1] - lst[0] + 1 == len(lst) and lst == list(range(lst[0], lst[-1] + 1)):
+        return [(lst[0], lst[-1])]  # the usual ack: one contiguous batch
     out: list[tuple[int, int]] = []
-    for i in sorted(set(int(x) for x in ids)):
+    for i in sorted(set(lst)):
         if out and out[-1][1] == i - 1:
             out[-1] = (out[-1][0], i)
         else:
@@ -469,7 +486,7 @@ class BufferStore:
 
     @classmethod
     def open_for_deployment(cls, home: Path | None, deployment: str, *,
-                            buffer_path: Path | None = None, **caps: Any) -> "BufferStore":
+                            buffer_path: Path | None = None, **caps: Any) -> BufferStore:
         """Open this deployment's buffer as owner, choosing a free sibling if one is locked.
 
         Falls back to a private directory under $TMPDIR (one ``buffer.relocated`` warning)
@@ -506,7 +523,7 @@ class BufferStore:
 
     @classmethod
     def _first_free(cls, first: Path, deployment: str,
-                    caps: dict[str, Any]) -> tuple["BufferStore | None", str]:
+                    caps: dict[str, Any]) -> tuple[BufferStore | None, str]:
         last = f"all {bf.MAX_SIBLINGS} buffer names next to {first} are in use"
         for candidate in bf.sibling_paths(first):
             try:
@@ -662,7 +679,7 @@ class BufferStore:
             rows = self._reader().execute(
                 "SELECT id, kind, body, attempts, created_at, engine FROM entries"
                 " WHERE id > ? AND kind != '~' ORDER BY id LIMIT ?", (int(after_id), int(limit))).fetchall()
-        return [BufferRow(*r) for r in rows]
+        return [_make_row(r) for r in rows]
 
     def delete(self, ids: Iterable[int]) -> int:
         runs = _runs(ids)
@@ -986,13 +1003,21 @@ class BufferStore:
         if self._pid != os.getpid():
             self._forked(hooks_ran=False)
         remove = False
+        if self.owner:
+            self._flush_loss()
         with self._wlock, self._rlock:
             if self._closed:
                 return
             try:
                 if self.owner and self._lock is not None and self._wconn is not None:
                     empty = self._wconn.execute(_TOTALS).fetchone()[0] == 0
-                    remove = empty and self._lock.upgrade_to_exclusive()
+                    # A file that remembers executed commands or counted losses is kept: the next
+                    # agent of this deployment reopens it, so dedupe and loss totals survive restarts.
+                    memory = self._wconn.execute(
+                        "SELECT EXISTS(SELECT 1 FROM seen_commands WHERE expires_at > ?)"
+                        " OR EXISTS(SELECT 1 FROM counters WHERE name LIKE 'loss.%' AND n > 0)",
+                        (time.time(),)).fetchone()[0]
+                    remove = empty and not memory and self._lock.upgrade_to_exclusive()
                     if not remove:
                         self._wconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error:
@@ -1013,7 +1038,7 @@ class BufferStore:
                 lock.release()
         _STORES.discard(self)
 
-    def __enter__(self) -> "BufferStore":
+    def __enter__(self) -> BufferStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -29,18 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ADOPTER",
     "OWNER",
     "WRITER",
-    "ADOPTER",
     "LockBusy",
     "SidecarLock",
-    "z4j_home",
-    "fallback_root",
     "check_private_dir",
-    "sibling_paths",
+    "fallback_root",
     "family_pattern",
     "is_sqlite_header",
+    "sibling_paths",
     "side_files",
+    "z4j_home",
 ]
 
 OWNER = "owner"
@@ -82,7 +82,7 @@ class SidecarLock:
     role: str
 
     @classmethod
-    def acquire(cls, path: Path, role: str) -> "SidecarLock":
+    def acquire(cls, path: Path, role: str) -> SidecarLock:
         """Take ``role`` on ``path`` without blocking; ``LockBusy`` if a live process holds it.
 
         Re-checks after locking that the path still names the locked inode: a lock file

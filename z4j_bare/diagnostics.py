@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -194,7 +195,10 @@ def _resolve(config_or_options: Config | Mapping[str, Any] | None, env: Mapping[
             config = Config.resolve(env=env, **options)
         except (ConfigError, TypeError) as exc:
             problems = list(getattr(exc, "problems", None) or [str(exc)])
-            message = "; ".join(p.split(" Fix: ")[0] for p in problems)
+            if kwarg_label == "flag":
+                problems = [re.sub(r"pass (\w+)=", lambda m: "pass --" + m.group(1).replace("_", "-"), p)
+                            for p in problems]
+            message = "; ".join(p.split(" Fix: ")[0].rstrip(".") for p in problems)
             fixes = [p.split(" Fix: ", 1)[1].rstrip(".") for p in problems if " Fix: " in p]
             raw_url = options.get("brain_url") or (os.environ if env is None else env).get("Z4J_BRAIN_URL", "")
             return None, ProbeResult("config", FAIL, message, "; ".join(fixes) or None,
@@ -231,7 +235,16 @@ def _buffer_dir(config: Config | None) -> ProbeResult:
            f"Environment=Z4J_HOME=%S/z4j). Otherwise the agent falls back to {fallback}, which is "
            "wiped on reboot when /tmp is a tmpfs: buffered events would be lost")
     details = {"path": str(where), "origin": origin, "uid": os.geteuid(), "fallback": str(fallback)}
-    reason = check_private_dir(where)
+    if not where.exists():
+        # Never create it here: say whether the agent will be able to.
+        parent = next((p for p in where.parents if p.exists()), None)
+        if parent is not None and os.access(parent, os.W_OK | os.X_OK):
+            return ProbeResult("buffer_dir", PASS, f"{where} does not exist yet; the agent will create it "
+                               f"(mode 0700) under {parent} (from {origin})", None, details, t.ms())
+        return ProbeResult("buffer_dir", FAIL, f"{where} does not exist and cannot be created: {parent} is not "
+                           "writable by this user (typical for service users such as www-data or nobody, whose "
+                           "HOME is not writable, and for systemd DynamicUser)", fix, details, t.ms())
+    reason = check_private_dir(where, create=False)
     if reason is not None:
         return ProbeResult("buffer_dir", FAIL, f"the buffer directory is unusable: {reason} "
                            "(typical for service users such as www-data or nobody, whose HOME is "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -32,12 +31,34 @@ class EventKind(StrEnum):
     QUEUE_DEPTH_REPORT = "queue.depth_report"
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def occurred_at_text(timestamp: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if timestamp is None else timestamp, UTC).isoformat()
+    """``2026-11-28T21:04:50.643607+00:00`` (what ``datetime.isoformat()`` gives), on the hot path.
+
+    The date-time prefix is cached per whole second; only the microseconds are formatted per call.
+    """
+    global _second_prefix
+    ts = time.time() if timestamp is None else timestamp
+    second = int(ts // 1)
+    micros = int(round((ts - second) * 1_000_000))
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached_second, prefix = _second_prefix
+    if cached_second != second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_prefix = (second, prefix)
+    return f"{prefix}.{micros:06d}+00:00"
+
+
+_VARIANT = "89ab"
 
 
 def new_event_id() -> str:
-    return str(uuid.UUID(bytes=os.urandom(16), version=4))
+    """A random UUID version 4 (the brain dedupes on v4/v7 ids), formatted without uuid.UUID."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def build_event(kind: str, engine: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> dict[str, Any]:

@@ -124,51 +124,111 @@ _KEY_PATTERNS: tuple[str, ...] = (
     _P + r"security[_.-]?code",
 )
 
-# Value patterns. Order matters: at one position the alternation takes the first branch that
-# matches, and the two "validated" branches (card, kv) must not swallow a real secret before
-# the specific ones get a chance.
-_SECRET_PATTERNS: tuple[str, ...] = (
-    # JWT / JWS (header.payload.signature; unsigned tokens have an empty signature)
-    r"\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]*",
-    r"\bbearer\s+[\w.~+/=-]{16,}",
-    # Stripe, Slack, GitHub, GitLab, AWS, Google, Twilio, SendGrid, OpenAI/Anthropic, npm, PyPI
-    r"\b(?:sk|pk|rk)_(?:live|test)_[0-9a-z]{16,}",
-    r"\bwhsec_[0-9a-z]{24,}",
-    r"\bxox[abeoprs]-[0-9a-z-]{10,}",
-    r"hooks\.slack\.com/(?:services|workflows|triggers)/[\w/-]{8,}",
-    r"\bgh[opsur]_[0-9a-z]{36,}",
-    r"\bgithub_pat_\w{50,}",
-    r"\bglpat-[\w-]{20,}",
-    r"\b(?:akia|asia|agpa|aida|aroa|aipa|anpa|anva|a3t[a-z0-9])[0-9a-z]{16}\b",
-    r"\baiza[\w-]{35}",
-    r"\bgocspx-[\w-]{24,}",
-    r"\bya29\.[\w-]{20,}",
-    r"\bsk[0-9a-f]{32}\b",
-    r"\bsg\.[\w-]{22}\.[\w-]{43}",
-    r"\bsk-(?:proj-|ant-)?[\w-]{20,}",
-    r"\bnpm_[0-9a-z]{36}",
-    r"\bpypi-[\w-]{50,}",
-    r"\bshp(?:at|ca|pa|ss)_[0-9a-f]{32}",
-    r"\bsq0(?:atp|csp)-[\w-]{22,}",
-    r"\b\d{8,10}:aa[\w-]{33}",
-    # PEM / PGP private keys, to the END line or to the end of a truncated value
-    r"-----begin[a-z0-9 ]{0,40}private key[a-z ]{0,10}-----"
-    r"(?:(?s:.*?)-----end[a-z0-9 ]{0,40}private key[a-z ]{0,10}-----|(?s:.*))",
+# Value patterns. Python's re scans fast only for a literal prefix (a character-class or
+# alternation prefix costs ~10 ns per character), so instead of one big alternation every
+# pattern below is led by a literal and gated by a cheap check (memchr for one character,
+# length for the rest). They run on ``fold``: the text with ASCII letters lowercased, same
+# length, so positions map back 1:1 and matching is case-insensitive.
+_B = r"(?<![0-9a-z_-]{lit})"  # token boundary before a literal, checked after the literal
+
+
+def _bounded(lit: str) -> str:
+    return re.escape(lit) + _B.format(lit=re.escape(lit))
+
+
+_RX_UNDERSCORE = re.compile(  # Stripe, GitHub, npm, Shopify: all have "_" right after the prefix
+    "_(?:"
+    r"(?<=[spr]k_)(?<![0-9a-z_-][spr]k_)(?:live|test)_[0-9a-z]{16,}"
+    r"|(?<=whsec_)[0-9a-z]{24,}"
+    r"|(?<=gh[opsur]_)(?<![0-9a-z_-]gh[opsur]_)[0-9a-z]{36,}"
+    r"|(?<=github_)pat_\w{50,}"
+    r"|(?<=npm_)(?<![0-9a-z_-]npm_)[0-9a-z]{36}"
+    r"|(?<=shpat_|shpca_|shppa_|shpss_)[0-9a-f]{32}"
+    ")"
 )
-_EMAIL = r"[\w.+-]{1,64}@(?:[\w-]{1,63}\.)+[^\W\d_]{2,24}\b"
-# scheme://user:password@ (any scheme: postgres, redis, amqp, mongodb+srv, https...)
-_URI = r"(?P<uri>(?P<urik>\b[a-z][a-z0-9+.-]{1,19}://)[^\s/?#@:]{0,256}:\S{0,256}?@)"
-_SSN = r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"
-_CARD = r"(?P<card>(?<![\d+.-])\d(?:[ -]?\d){12,18}(?![\d.]))"
-# key=value / key: value / "key": "value" in free text; the key decides (see _kv_value_end)
-_KV = r"(?P<kv>(?<![\w.])[\"']?(?P<kvk>[a-z_][\w.-]{0,63})[\"']?[ \t]*(?:=|:(?!//))[ \t]*)"
+_RX_DASH = re.compile(  # Slack, GitLab, Google OAuth, PyPI, Square, OpenAI/Anthropic, PEM, SSN
+    "-(?:"
+    r"(?<=xox[abeoprs]-)[0-9a-z-]{10,}"
+    r"|(?<=glpat-)[\w-]{20,}"
+    r"|(?<=gocspx-)[\w-]{24,}"
+    r"|(?<=pypi-)[\w-]{50,}"
+    r"|(?<=sq0atp-|sq0csp-)[\w-]{22,}"
+    r"|(?<=sk-)(?<![0-9a-z_-]sk-)(?:proj-|ant-)?[\w-]{20,}"
+    r"|----begin[a-z0-9 ]{0,40}private key[a-z ]{0,10}-----"
+    r"(?:(?s:.*?)-----end[a-z0-9 ]{0,40}private key[a-z ]{0,10}-----|(?s:.*))"
+    r"|(?<=[0-9]{3}-)(?<![0-9-][0-9]{3}-)[0-9]{2}-[0-9]{4}(?![0-9-])"
+    ")"
+)
+_RX_DOT = re.compile(  # Google OAuth access token, SendGrid, Slack webhooks
+    r"\.(?:"
+    r"(?<=ya29\.)(?<![0-9a-z_-]ya29\.)[\w-]{20,}"
+    r"|(?<=sg\.)(?<![0-9a-z_-]sg\.)[\w-]{22}\.[\w-]{43}"
+    r"|(?<=hooks\.)slack\.com/(?:services|workflows|triggers)/[\w/-]{8,}"
+    ")"
+)
+# (regex, shortest string it can match) for the literal-led patterns without a 1-char gate
+_RX_LONG = (
+    (re.compile(_bounded("eyj") + r"[\w-]{8,}\.[\w-]{8,}\.[\w-]*"), 21),  # JWT / JWS
+    (re.compile(r"bearer\s+[\w.~+/=-]{16,}"), 23),
+    (re.compile(r"ia(?<=akia|asia)(?<![0-9a-z_-]akia|[0-9a-z_-]asia)[0-9a-z]{16}(?![\w-])"), 20),  # AWS
+    (re.compile(_bounded("aiza") + r"[\w-]{35}"), 39),  # Google API key
+    (re.compile(_bounded("sk") + r"[0-9a-f]{32}(?![\w-])"), 34),  # Twilio API key
+)
+_RX_EMAIL_DOMAIN = re.compile(r"@(?:[\w-]{1,63}\.)+[^\W\d_]{2,24}(?![\w-])")
+_RX_URI_CREDS = re.compile(r"://[^\s/?#@:]{0,256}:[^\s/?#]{1,256}@")
+# One literal-led scan per possible first digit (2-6) beats one character-class-led scan.
+_RX_CARDS = tuple(
+    re.compile(d + rf"(?<![0-9+.-]{d})(?:[ -]?[0-9]){{12,18}}(?![0-9.])") for d in "23456"
+)
 
-_VALUE_PATTERN = "|".join([*_SECRET_PATTERNS, _EMAIL, _URI, _SSN, _CARD, _KV])
+# key=value / key: value / "key": "value" in free text. Searched on the reversed text so the
+# scan is led by the separator (a literal) and the key's last word: every built-in sensitive
+# key ends with one of these words (tests/test_redaction.py checks the key corpus against it).
+_KV_SUFFIXES = (
+    "password", "passwords", "passwd", "passphrase", "passcode", "pwd", "confirm", "confirmation",
+    "hash", "hashed", "digest", "again", "secret", "secrets", "key", "keys", "value", "token",
+    "tokens", "id", "pem", "der", "data", "b64", "base64", "apikey", "apikeys", "authorization",
+    "auth", "header", "code", "info", "string", "credential", "credentials", "creds", "cookie",
+    "cookies", "sessionid", "jwt", "bearer", "otp", "totp", "hotp", "pin", "number", "no", "num",
+    "dsn", "str", "url", "ssn", "security", "iban", "pan", "cvv", "cvv2", "cvc", "cvc2", "ccnum",
+    "card", "passport", "password1", "password2", "password3",
+)
 
-# A string with none of these characters and shorter than this cannot match a built-in value
-# pattern (the shortest secrets without them are 13-digit card numbers); see test_fast_path.
-_TRIGGER_CHARS = ("@", "-", ":", "=")
+
+def _trie_regex(words: Iterable[str]) -> str:
+    """An alternation factored by leading character: re tries branches one by one, so a trie
+    keeps each attempt at a separator to a few comparisons instead of one per word."""
+    groups: dict[str, list[str]] = {}
+    ends = False
+    for w in words:
+        if w:
+            groups.setdefault(w[0], []).append(w[1:])
+        else:
+            ends = True
+    alts = [re.escape(c) + _trie_regex(rest) for c, rest in sorted(groups.items())]
+    if not alts:
+        return ""
+    body = alts[0] if len(alts) == 1 and not ends else "(?:" + "|".join(alts) + ")"
+    return body + "?" if ends else body
+
+
+def _kv_regexes(suffix: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    key = rf"[ \t]*[\"']?(?P<k>(?:{suffix})[\w.-]{{0,63}})(?![\w.-])"
+    return re.compile("=" + key), re.compile(":(?<!//:)" + key)
+
+
+_KV_BUILTIN = _kv_regexes(_trie_regex(sorted({w[::-1] for w in _KV_SUFFIXES})))
+_KV_ANY = _kv_regexes(r"[\w.-]")  # with extra key patterns any key can be sensitive
+
+# Shortest string without "@ - : = _ ." that a built-in value pattern can match: a 13-digit card
+# number (tests check every pattern family against this).
 _MIN_PLAIN_SECRET = 13
+_GATE_CHARS = ("@", "-", ":", "=")
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_EMAIL_LOCAL = _TOKEN_CHARS | frozenset(".+")
+_ASCII_LOWER = str.maketrans({c: c + 32 for c in range(65, 91)})
+_DIGITS = "0123456789"
 
 # Top-level event fields that hold free text: scrubbed span by span, not replaced wholesale.
 _TEXT_FIELDS = frozenset(
@@ -668,7 +728,7 @@ class Redactor:
         self._extra_values = _combine(extra_values)
 
         self._key_re = re.compile("|".join(f"(?:{p})" for p in _KEY_PATTERNS), re.IGNORECASE)
-        self._value_re = re.compile(_VALUE_PATTERN, re.IGNORECASE)
+        self._kv = _KV_ANY if self._extra_keys else _KV_BUILTIN
         self._key_cache: dict[str, tuple[str, bool]] = {}
         self._ascii_fits = self.max_value_bytes // 4  # any str this short fits in max_value_bytes
         self._work_cap = 8 * self.max_event_bytes
@@ -725,11 +785,16 @@ class Redactor:
             st.est += 6 * len(v) + 3
             return self._str(v)
         if t is int:
-            if v.bit_length() > 1024:  # json refuses ints over 4300 digits; nobody needs them
+            bits = v.bit_length()
+            if bits > 1024:  # json refuses ints over 4300 digits; nobody needs them
                 st.est += 32
-                return f"<int of {v.bit_length()} bits>"
-            st.est += 24 if v.bit_length() <= 64 else v.bit_length() // 3 + 3
+                return f"<int of {bits} bits>"
+            st.est += 24 if bits <= 64 else bits // 3 + 3
             return v
+        if t is dict:
+            return self._dict(v, depth, st)
+        if t is list or t is tuple:
+            return self._list(v, depth, st)
         if v is None or t is bool:
             st.est += 6
             return v
@@ -737,69 +802,80 @@ class Redactor:
             st.est += 26
             return _float_value(v)
         try:
-            if depth >= self.max_depth and isinstance(v, (dict, list, tuple, set, frozenset)):
-                st.est += 13
-                return REDACTED
             if isinstance(v, dict):
                 return self._dict(v, depth, st)
             if isinstance(v, (list, tuple, set, frozenset)):
                 return self._list(v, depth, st)
             return self._other(v, st)
-        except Exception:  # noqa: BLE001 - e.g. dict mutated by another thread mid-walk
+        except Exception:  # noqa: BLE001 - a hostile object must not escape the walk
             return REDACTED
 
     def _dict(self, v: dict[Any, Any], depth: int, st: _Walk) -> Any:
         ident = id(v)
-        if ident in st.path:
+        path = st.path
+        if depth >= self.max_depth or ident in path:
             st.est += 20
-            return _CYCLE
-        st.path.add(ident)
+            return REDACTED if ident not in path else _CYCLE
+        path.add(ident)
         try:
             out: dict[str, Any] = {}
-            st.est += 2
-            items = list(dict.items(v))
-            for i, (k, val) in enumerate(items):
-                if st.est > st.cap:
-                    out[TRUNCATION_MARKER_PREFIX + "keys]"] = f"{len(items) - i} more keys"
+            cache = self._key_cache
+            node = self._node
+            est = 2
+            items = list(dict.items(v))  # RuntimeError if another thread resizes it: caught
+            for k, val in items:
+                if st.est + est > st.cap:
+                    out[TRUNCATION_MARKER_PREFIX + "keys]"] = f"{len(items) - len(out)} more keys"
                     break
-                out_key, sensitive = self._key(k)
+                decision = cache.get(k) if type(k) is str else None
+                out_key, sensitive = decision if decision is not None else self._key(k)
                 if out_key in out:
                     out_key = _unique_key(out, out_key)
-                st.est += 6 * len(out_key) + 4
+                est += 6 * len(out_key) + 4
                 if sensitive:
-                    st.est += 13
+                    est += 13
                     out[out_key] = REDACTED
                 else:
-                    out[out_key] = self._node(val, depth + 1, st)
+                    out[out_key] = node(val, depth + 1, st)
+            st.est += est
             return out
+        except Exception:  # noqa: BLE001
+            return REDACTED
         finally:
-            st.path.discard(ident)
+            path.discard(ident)
 
     def _list(self, v: Any, depth: int, st: _Walk) -> Any:
         ident = id(v)
-        if ident in st.path:
+        path = st.path
+        if depth >= self.max_depth or ident in path:
             st.est += 20
-            return _CYCLE
-        st.path.add(ident)
+            return REDACTED if ident not in path else _CYCLE
+        path.add(ident)
         try:
-            if isinstance(v, (set, frozenset)):
+            t = type(v)
+            if t is list or t is tuple:
+                items = list(v)
+            elif isinstance(v, (set, frozenset)):
                 try:
-                    items = sorted(v)
+                    items = sorted(v)  # deterministic output for the same input
                 except Exception:  # noqa: BLE001 - unorderable members: keep iteration order
                     items = list(v)
             else:
                 items = list(v)
+            node = self._node
             out: list[Any] = []
-            st.est += 2
-            for i, item in enumerate(items):
-                if st.est > st.cap:
-                    out.append(f"{TRUNCATION_MARKER_PREFIX}{len(items) - i} items]")
+            st.est += 2 + len(items)
+            cap = st.cap
+            for item in items:
+                if st.est > cap:
+                    out.append(f"{TRUNCATION_MARKER_PREFIX}{len(items) - len(out)} items]")
                     break
-                st.est += 1
-                out.append(self._node(item, depth + 1, st))
+                out.append(node(item, depth + 1, st))
             return out
+        except Exception:  # noqa: BLE001
+            return REDACTED
         finally:
-            st.path.discard(ident)
+            path.discard(ident)
 
     def _other(self, v: Any, st: _Walk) -> Any:
         if isinstance(v, (bytes, bytearray, memoryview)):
@@ -866,81 +942,97 @@ class Redactor:
     def _str(self, s: str) -> str:
         n = len(s)
         # Fast path: most strings in task payloads are short words that cannot hold a secret.
-        if n < _MIN_PLAIN_SECRET and "@" not in s and "-" not in s and ":" not in s and "=" not in s:
-            if n < self._extra_value_min:
-                if s.isascii():
-                    return s
-                return self._clean(s)[0]
+        if n < _MIN_PLAIN_SECRET and n < self._extra_value_min and "@" not in s and "-" not in s \
+                and ":" not in s and "=" not in s:
+            return s if s.isascii() else self._clean(s)[0]
         out, scan = self._clean(s)
         return REDACTED if self._hit(scan) else out
 
     def _hit(self, s: str) -> bool:
-        rx = self._value_re
-        pos = 0
-        while True:
-            m = rx.search(s, pos)
-            if m is None:
-                break
-            group = m.lastgroup
-            if group == "kv":
-                if self._key(m.group("kvk"))[1] and _kv_value_end(s, m.end()) > m.end():
-                    return True
-                pos = m.end()
-            elif group == "card":
-                if self.detect_card_numbers and _is_card_number(m.group("card")):
-                    return True
-                pos = m.end()
-            else:
-                return True
+        if self._spans(s, True):
+            return True
         if self._extra_values and len(s) >= self._extra_value_min:
             return any(p.search(s) is not None for p in self._extra_values)
         return False
 
+    def _spans(self, s: str, first: bool) -> list[tuple[int, int]]:
+        """Secret spans in ``s`` (just the first one found when ``first``)."""
+        n = len(s)
+        fold = s.lower() if s.isascii() else s.translate(_ASCII_LOWER)
+        spans: list[tuple[int, int]] = []
+        add = spans.append
+        if "_" in s:
+            for m in _RX_UNDERSCORE.finditer(fold):
+                add(_expand(s, m.start(), m.end()))
+                if first:
+                    return spans
+        if "-" in s:
+            for m in _RX_DASH.finditer(fold):
+                add(_expand(s, m.start(), m.end()))
+                if first:
+                    return spans
+        if "." in s:
+            for m in _RX_DOT.finditer(fold):
+                add(_expand(s, m.start(), m.end()))
+                if first:
+                    return spans
+        for rx, shortest in _RX_LONG:
+            if n >= shortest:
+                for m in rx.finditer(fold):
+                    add(_expand(s, m.start(), m.end()))
+                    if first:
+                        return spans
+        if "@" in s:
+            for m in _RX_EMAIL_DOMAIN.finditer(fold):
+                at = m.start()
+                start = at
+                while start > 0 and at - start < 64 and (s[start - 1] in _EMAIL_LOCAL or s[start - 1].isalnum()):
+                    start -= 1
+                if start < at:
+                    add((start, m.end()))
+                    if first:
+                        return spans
+            if "://" in s:
+                for m in _RX_URI_CREDS.finditer(fold):
+                    add((m.start() + 3, m.end() - 1))
+                    if first:
+                        return spans
+        if self.detect_card_numbers and n >= 13:
+            for rx in _RX_CARDS:
+                for m in rx.finditer(s):
+                    if _is_card_number(m.group()):
+                        add(m.span())
+                        if first:
+                            return spans
+        if "=" in s or ":" in s:
+            rev = fold[::-1]
+            for rx in self._kv:
+                for m in rx.finditer(rev):
+                    ks, ke = m.span("k")
+                    if not self._key(s[n - ke:n - ks])[1]:
+                        continue
+                    vstart = n - m.start()
+                    while vstart < n and s[vstart] in " \t":
+                        vstart += 1
+                    vend = _kv_value_end(s, vstart)
+                    if vend > vstart:
+                        if s[vstart] in "\"'" and vend - vstart >= 2 and s[vend - 1] == s[vstart]:
+                            add((vstart + 1, vend - 1))  # keep the quotes: output stays readable
+                        else:
+                            add((vstart, vend))
+                        if first:
+                            return spans
+        return spans
+
     def _text(self, text: str) -> str:
         capped, scan = self._clean(text)
-        out = self._sub_builtin(scan)
+        out = _replace_spans(scan, self._spans(scan, False))
         if self._extra_values:
             out = self._sub_extra(out)
         if capped is not scan:
             # scrubbed past the cut (a secret may straddle it); cap again, counting the original
             out = _truncate_utf8(out, self.max_value_bytes, max(_utf8_len(text), _utf8_len(out)))
         return out
-
-    def _sub_builtin(self, s: str) -> str:
-        rx = self._value_re
-        parts: list[str] = []
-        last = pos = 0
-        while True:
-            m = rx.search(s, pos)
-            if m is None:
-                break
-            group = m.lastgroup
-            if group == "kv":
-                end = m.end()
-                if self._key(m.group("kvk"))[1]:
-                    vend = _kv_value_end(s, end)
-                    if vend > end:
-                        quote = s[end] if s[end] in "\"'" else ""
-                        parts.append(s[last:end])
-                        parts.append(f"{quote}{REDACTED}{quote}")
-                        last = pos = vend
-                        continue
-                pos = end
-                continue
-            if group == "card":
-                if not (self.detect_card_numbers and _is_card_number(m.group("card"))):
-                    pos = m.end()
-                    continue
-            parts.append(s[last:m.start()])
-            if group == "uri":
-                parts.append(f"{m.group('urik')}{REDACTED}@")
-            else:
-                parts.append(REDACTED)
-            last = pos = max(m.end(), m.start() + 1)
-        if not parts:
-            return s
-        parts.append(s[last:])
-        return "".join(parts)
 
     def _sub_extra(self, s: str) -> str:
         """User patterns may match only part of a secret (a prefix, say): widen each hit to the
@@ -973,22 +1065,28 @@ class Redactor:
             data = {"value": data}
         st = _Walk(self._work_cap)
         out: dict[str, Any] = {}
+        cache = self._key_cache
+        fits = self._ascii_fits
+        est = 2
         for k, v in list(dict.items(data)):
-            out_key, sensitive = self._key(k)
+            decision = cache.get(k) if type(k) is str else None
+            out_key, sensitive = decision if decision is not None else self._key(k)
             if out_key in out:
                 out_key = _unique_key(out, out_key)
+            est += 6 * len(out_key) + 4
             if sensitive:
                 out[out_key] = REDACTED
-            elif out_key in _TEXT_FIELDS and type(v) is str:
-                st.est += 6 * len(v) + 3
+            elif type(v) is not str:
+                out[out_key] = self._node(v, 1, st)
+            elif out_key in _IDENTITY_FIELDS:
+                est += 6 * len(v) + 3
+                out[out_key] = v if len(v) <= fits and v.isascii() else self._clean(v)[0]
+            elif out_key in _TEXT_FIELDS:
+                est += 6 * len(v) + 3
                 out[out_key] = self._text(v)
-            elif out_key in _IDENTITY_FIELDS and type(v) is str:
-                st.est += 6 * len(v) + 3
-                out[out_key] = self._clean(v)[0]
             else:
                 out[out_key] = self._node(v, 1, st)
-            st.est += 6 * len(out_key) + 4
-        if st.est <= self.max_event_bytes:  # upper bound: no need to serialise
+        if st.est + est <= self.max_event_bytes:  # an upper bound: no need to serialise
             return out
         return self._fit(out)
 
@@ -1077,6 +1175,37 @@ def _kv_value_end(s: str, start: int) -> int:
         while end < limit and s[end] not in _VALUE_STOP:
             end += 1
     return end if any(c.isalnum() for c in s[start:end]) else start
+
+
+def _expand(s: str, start: int, end: int) -> tuple[int, int]:
+    """Widen a match to the whole token around it: no prefix or tail of a secret survives."""
+    while start > 0 and s[start - 1] in _TOKEN_CHARS:
+        start -= 1
+    n = len(s)
+    while end < n and s[end] in _TOKEN_CHARS:
+        end += 1
+    return start, end
+
+
+def _replace_spans(s: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return s
+    spans.sort()
+    parts: list[str] = []
+    last = 0
+    cur_start, cur_end = spans[0]
+    for start, end in spans[1:]:
+        if start <= cur_end:  # overlapping or touching: one marker
+            cur_end = max(cur_end, end)
+            continue
+        parts.append(s[last:cur_start])
+        parts.append(REDACTED)
+        last = cur_end
+        cur_start, cur_end = start, end
+    parts.append(s[last:cur_start])
+    parts.append(REDACTED)
+    parts.append(s[cur_end:])
+    return "".join(parts)
 
 
 def _shrink(value: Any, budget: int) -> Any:

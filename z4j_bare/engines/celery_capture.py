@@ -52,6 +52,8 @@ MAX_MESSAGE = 2048
 MAX_BATCH = 2000
 _MARK_STARTED = "_z4j_started"
 _MARK_DONE = "_z4j_done"
+_RUNTIME = "_z4j_runtime"
+MAX_ATTEMPTS_TRACKED = 10_000
 
 # Protocol-2 headers Celery sets itself; every other header is the user's and is kept on retry.
 CELERY_HEADERS = frozenset({
@@ -77,7 +79,10 @@ class Batcher:
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        if self.interval > 0:
+
+    def enable(self) -> None:
+        """Start batching (worker main process only: worker_shutdown flushes before the agent stops)."""
+        if self._thread is None and self.interval > 0 and os.getpid() == self._pid and not self._stop.is_set():
             self._thread = threading.Thread(target=self._loop, name="z4j-celery-batch", daemon=True)
             self._thread.start()
 
@@ -174,6 +179,13 @@ def _exc_parts(exc: BaseException | None) -> tuple[str, str]:
     return str(name), str(message)[:MAX_MESSAGE]
 
 
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)[:MAX_MESSAGE]
+    except Exception:  # noqa: BLE001
+        return f"<unprintable {type(value).__name__}>"
+
+
 def _queue(delivery_info: Any) -> str | None:
     if isinstance(delivery_info, dict):
         return delivery_info.get("routing_key") or delivery_info.get("exchange") or None
@@ -226,6 +238,7 @@ class CeleryCapture:
         self._online_sent = False
         self.installed = False
         self.seen_queues: dict[str, None] = {}
+        self._received_at: dict[str, float] = {}
 
     @staticmethod
     def _is_main_process() -> bool:
@@ -243,12 +256,12 @@ class CeleryCapture:
         from celery import signals
 
         self.installed = True
-        worker = _find_worker_in_stack()
-        if worker is not None:
-            self._learn_worker(worker)
         # A prefork pool child where the parent never installed the agent: Request callbacks run
         # in the parent, so capture with the child-side task signals instead (documented mode).
         self.child_mode = not self._is_main_process()
+        worker = _find_worker_in_stack()
+        if worker is not None:
+            self._learn_worker(worker)
         if self.child_mode:
             self.in_worker = True
         else:
@@ -344,6 +357,11 @@ class CeleryCapture:
 
     def _wrap_success(self, original: Callable) -> Callable:
         def on_success(req: Any, failed__retval__runtime: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                # Celery hands the runtime only to on_success; keep it for on_failure/on_retry.
+                req.__dict__[_RUNTIME] = failed__retval__runtime[2]
+            except Exception:  # noqa: BLE001, S110
+                pass
             result = original(req, failed__retval__runtime, *args, **kwargs)
             safe_call(self._succeeded, req, failed__retval__runtime, site="celery.on_success")
             return result
@@ -395,7 +413,12 @@ class CeleryCapture:
         prio = delivery.get("priority")
         if prio is not None:
             data["broker_priority"] = prio
-        self.batcher.event(EventKind.TASK_RECEIVED, req.id, data)
+        now = time.time()
+        self.batcher.event(EventKind.TASK_RECEIVED, req.id, data, now)
+        seen = self._received_at
+        seen[req.id] = now
+        if len(seen) > MAX_ATTEMPTS_TRACKED:
+            seen.pop(next(iter(seen)), None)
         if self.store is not None:
             body = req.body
             embed = body[2] if isinstance(body, (tuple, list)) and len(body) == 3 else None
@@ -425,22 +448,31 @@ class CeleryCapture:
         data["result"] = retval
         if isinstance(runtime, (int, float)):
             data["runtime_ms"] = round(runtime * 1000.0, 3)
-        self.batcher.event(EventKind.TASK_SUCCEEDED, req.id, data)
+        self.batcher.event(EventKind.TASK_SUCCEEDED, req.id, data, self._ended_at(req, runtime))
 
     def _retried(self, req: Any, exc_info: Any) -> None:
         d = req.__dict__
         if d.get(_MARK_DONE):
             return
         d[_MARK_DONE] = True
+        from celery.exceptions import Retry
+
         exc = getattr(exc_info, "exception", None)
-        inner = getattr(exc, "exc", exc)
+        if not isinstance(exc, Retry) and isinstance(getattr(exc, "exc", None), BaseException):
+            exc = exc.exc  # ExceptionWithTraceback
         data = self._base(req)
-        data["reason"] = _exc_parts(inner)[1] if inner is not None else "retry"
+        data["reason"] = _safe_str(exc) if exc is not None else "retry"
         data["retry_count"] = int(req.request_dict.get("retries") or 0) + 1
-        orig = getattr(inner, "exc", None)
+        orig = getattr(exc, "exc", None)
         if isinstance(orig, BaseException):
             data["exception"], data["exception_message"] = _exc_parts(orig)
-        self.batcher.event(EventKind.TASK_RETRIED, req.id, data)
+        at = self._ended_at(req, req.__dict__.get(_RUNTIME))
+        later = self._received_at.get(req.id)
+        if later is not None and req.time_start and later > req.time_start:
+            # The next attempt was already received (a countdown=0 retry can finish first in
+            # another pool process); the retry was decided before that message existed.
+            at = min(at, later - 0.001)
+        self.batcher.event(EventKind.TASK_RETRIED, req.id, data, at)
 
     def _failed(self, req: Any, exc_info: Any) -> None:
         from celery.exceptions import Ignore, Reject, Retry, Terminated, WorkerLostError
@@ -471,9 +503,19 @@ class CeleryCapture:
         tb = getattr(exc_info, "traceback", None)
         if isinstance(tb, str) and tb:
             data["traceback"] = tb[-MAX_TRACEBACK:] if len(tb) > MAX_TRACEBACK else tb
+        at = self._ended_at(req, req.__dict__.get(_RUNTIME))
         if req.time_start:
-            data["runtime_ms"] = round((time.time() - req.time_start) * 1000.0, 3)
-        self.batcher.event(kind, req.id, data)
+            data["runtime_ms"] = round((at - req.time_start) * 1000.0, 3)
+        self.batcher.event(kind, req.id, data, at)
+
+    @staticmethod
+    def _ended_at(req: Any, runtime: Any) -> float:
+        """time_start + runtime: when the pool process finished (callbacks may run later)."""
+        start = req.time_start
+        now = time.time()
+        if start and isinstance(runtime, (int, float)) and runtime >= 0:
+            return min(start + runtime, now)
+        return now
 
     def _on_revoked(self, sender: Any = None, request: Any = None, terminated: Any = None, signum: Any = None,
                     expired: Any = None, **_: Any) -> None:
@@ -504,6 +546,8 @@ class CeleryCapture:
         if pool is not None:
             self.pool_name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__qualname__}"
         self.in_worker = True
+        if not self.child_mode:
+            self.batcher.enable()
 
     @staticmethod
     def _worker_running(worker: Any) -> bool:
@@ -605,7 +649,7 @@ class CeleryCapture:
         elif state == "RETRY" or (outcome and outcome[0] == "retry"):
             kind = EventKind.TASK_RETRIED
             reason = outcome[1] if outcome else retval
-            base["reason"] = _exc_parts(reason)[1] if isinstance(reason, BaseException) else str(reason)
+            base["reason"] = _safe_str(reason)
             base["retry_count"] = int((outcome[2] if outcome else 0) or 0) + 1
         elif state == "FAILURE" or (outcome and outcome[0] == "failure"):
             kind = EventKind.TASK_FAILED

@@ -708,7 +708,7 @@ class LocalBrain:
         if ws.protocol.state is not State.OPEN or self._closing:
             return
         sess = Session(ws, agent, hello, self.faults.advertise_max_frame_size or self.max_frame_size,
-                       strict=self.strict_verify)
+                       strict=self.strict_verify, on_send=self._log_out)
         ack_id = "hack_" + uuid.UUID(sess.session_id).hex[:12]
         ack = wire.unsigned(FrameType.HELLO_ACK.value, ack_id, {
             "protocol_version": hello["protocol_version"],
@@ -719,8 +719,7 @@ class LocalBrain:
             "heartbeat_interval_seconds": self.heartbeat_interval,
             "max_frame_size_bytes": sess.max_frame_size,
         }, ts=utc_now_text())
-        await sess.send_raw(ack)
-        self._log_out(ack, FrameType.HELLO_ACK.value, ack_id, sess)
+        await sess.send_raw(ack, FrameType.HELLO_ACK.value, ack_id)
         with self._lock:
             displaced = self._slots.get(sess.slot)
             self._slots[sess.slot] = sess
@@ -835,10 +834,9 @@ class LocalBrain:
     async def _send_ack(self, sess: Session, payload: dict[str, Any]) -> None:
         frame_id = ("eba_" + payload["acked_id"])[:64]
         try:
-            data = await sess.send_signed(FrameType.EVENT_BATCH_ACK.value, frame_id, payload)
+            await sess.send_signed(FrameType.EVENT_BATCH_ACK.value, frame_id, payload)
         except ConnectionClosed:
             return
-        self._log_out(data, FrameType.EVENT_BATCH_ACK.value, frame_id, sess)
 
     def _handle_control(self, sess: Session, frame: Any) -> None:
         agent = sess.agent
@@ -936,14 +934,13 @@ class LocalBrain:
                 }
                 self._bump()
             try:
-                data = await sess.send_signed(FrameType.COMMAND.value, cmd.id, payload)
+                await sess.send_signed(FrameType.COMMAND.value, cmd.id, payload)
             except ConnectionClosed:
                 with self._lock:
                     if cmd.status == DISPATCHED and cmd.dispatched_session == sess.session_id:
                         cmd.status = PENDING
                         cmd.dispatched_session = None
                 continue
-            self._log_out(data, FrameType.COMMAND.value, cmd.id, sess)
             sent += 1
             log.info("brain.command_dispatched", command_id=cmd.id, action=cmd.action, session_id=sess.session_id)
 
@@ -968,36 +965,32 @@ class LocalBrain:
         ack_type = FrameType.EVENT_BATCH_ACK.value
         fid = "eba_ev_fault_" + secrets.token_hex(8)
         if kind == "tampered":
-            data = await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), tamper=True)
+            await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), tamper=True)
         elif kind == "replayed":
             if sess.last_sent is None:
                 await sess.send_signed(ack_type, fid, wire.harmless_ack_payload())
-            data = sess.last_sent
-            await sess.send_raw(data)
+            await sess.send_raw(sess.last_sent, "replayed", fid)
         elif kind == "stale":
             ts = wire.past_ts(float(options.get("skew", 120.0)))
-            data = await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), ts=ts)
+            await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), ts=ts)
         elif kind == "v3":
-            data = await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), v=3)
+            await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), v=3)
         elif kind == "oversized":
             size = int(options.get("size", DEFAULT_MAX_FRAME_BYTES + 1024))
             payload = {**wire.harmless_ack_payload(), "padding": "x" * size}
-            data = await sess.send_signed(ack_type, fid, payload)
+            await sess.send_signed(ack_type, fid, payload)
         elif kind in ("error_fatal", "error"):
-            ack_type = FrameType.ERROR.value
             fid = "err_fault_" + secrets.token_hex(8)
             payload = {
                 "code": options.get("code", "scheduler_upgrade_required"),
                 "message": options.get("message", "error frame sent by the local brain's fault knob"),
                 "fatal": kind == "error_fatal",
             }
-            data = await sess.send_signed(ack_type, fid, payload)
+            await sess.send_signed(FrameType.ERROR.value, fid, payload)
         else:  # unsigned_command
-            ack_type = FrameType.COMMAND.value
             fid = str(uuid.uuid4())
-            data = wire.unsigned(ack_type, fid, wire.fake_command_payload(), ts=utc_now_text())
-            await sess.send_raw(data)
-        self._log_out(data, ack_type, fid, sess)
+            data = wire.unsigned(FrameType.COMMAND.value, fid, wire.fake_command_payload(), ts=utc_now_text())
+            await sess.send_raw(data, FrameType.COMMAND.value, fid)
         log.info("brain.fault_frame_sent", kind=kind, agent_id=sess.agent.agent_id, session_id=sess.session_id)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import SessionBinding
@@ -21,9 +22,11 @@ class Session:
     """Connection state after hello: binding, verifier, outbound signer and the send lock."""
 
     def __init__(
-        self, ws: ServerConnection, agent: AgentRow, hello: dict[str, Any], max_frame_size: int, *, strict: bool = False
+        self, ws: ServerConnection, agent: AgentRow, hello: dict[str, Any], max_frame_size: int, *, strict: bool = False,
+        on_send: Callable[[bytes, str, str, Session], None] | None = None,
     ) -> None:
         self.ws = ws
+        self._on_send = on_send
         self.agent = agent
         self.hello = hello
         self.session_id = str(uuid.uuid4())
@@ -52,14 +55,21 @@ class Session:
         found = caps.get(engine)
         return list(found) if isinstance(found, list) else []
 
-    async def send_raw(self, data: bytes) -> None:
+    def _record(self, data: bytes, ftype: str, frame_id: str) -> None:
+        # Recorded before the send so a test that has just read the frame also finds it logged.
+        if self._on_send is not None:
+            self._on_send(data, ftype, frame_id, self)
+
+    async def send_raw(self, data: bytes, ftype: str, frame_id: str) -> None:
         async with self.send_lock:
+            self._record(data, ftype, frame_id)
             await self.ws.send(data)
 
     async def send_signed(self, ftype: str, frame_id: str, payload: dict[str, Any], **options: Any) -> bytes:
         """Sign and send under one lock so seq order on the wire matches signing order."""
         async with self.send_lock:
             data = self.signer.sign(ftype, frame_id, payload, **options)
+            self._record(data, ftype, frame_id)
             await self.ws.send(data)
             self.last_sent = data
             return data

@@ -1,0 +1,31 @@
+"""Event stamping: ids the brain accepts for dedupe, occurred_at identical to isoformat()."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from z4j_bare.events import build_event, encode_event, new_event_id, occurred_at_text
+
+
+def test_event_ids_are_uuid4():
+    for _ in range(2000):
+        parsed = uuid.UUID(new_event_id())
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.parametrize("ts", [0.0, 1795899890.643607, 1795899890.9999996, 1795899890.0000004, 1_700_000_000.5, 4102444800.000001])
+def test_occurred_at_matches_isoformat(ts):
+    expected = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+    assert occurred_at_text(ts) == expected
+    assert datetime.fromisoformat(occurred_at_text(ts)).timestamp() == pytest.approx(ts, abs=1e-6)
+
+
+def test_encoded_event_is_canonical_and_complete():
+    text = encode_event(build_event("task.started", "celery", "abc", {"b": 1, "a": "Zoë"}, 1795899890.5))
+    event = json.loads(text)
+    assert list(event) == sorted(event) and set(event) == {"id", "kind", "engine", "task_id", "occurred_at", "data"}
+    assert json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False) == text

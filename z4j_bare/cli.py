@@ -1,0 +1,355 @@
+"""The ``z4j-bare`` command line (also ``python -m z4j_bare``). docs/cli.md is the user guide.
+
+Exit codes, the same for every subcommand:
+    0  success (doctor: every stage passed or was skipped)
+    1  the command ran and found a problem (a doctor stage failed, a buffer could not be read,
+       the agent could not start)
+    2  usage or configuration error (unknown flag, missing option, an app that cannot be imported)
+
+Only this module configures logging (a library never does): human lines, or JSON lines with
+``--json``, on stderr, so stdout carries nothing but the command's own output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+LEVELS = ("debug", "info", "warning", "error")
+
+_DESCRIPTION = """\
+z4j-bare: the framework-free z4j agent for Celery and RQ workers.
+
+Every connection option can also come from its Z4J_* environment variable (flags win). Prefer the
+environment for Z4J_TOKEN and Z4J_HMAC_SECRET: a command line is visible to other users in `ps`.
+"""
+
+_EPILOG = """\
+examples:
+  z4j-bare doctor                            # check everything, values from Z4J_* env vars
+  z4j-bare doctor --brain-url https://z4j.example.com --json
+  z4j-bare run --rq-url redis://localhost:6379/0
+  z4j-bare status                            # local buffers: depth, oldest event, losses
+  z4j-bare demo                              # local brain + real worker, ends by itself
+exit codes: 0 ok, 1 a check failed / the agent could not run, 2 usage or configuration error.
+docs: docs/cli.md, docs/troubleshooting.md
+"""
+
+
+def _add_connection_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection (each falls back to its Z4J_* environment variable)")
+    g.add_argument("--brain-url", metavar="URL", help="brain base URL, e.g. https://z4j.example.com (Z4J_BRAIN_URL)")
+    g.add_argument("--token", metavar="TOKEN", help="agent token (Z4J_TOKEN; prefer the env var)")
+    g.add_argument("--hmac-secret", metavar="SECRET", help="agent HMAC secret (Z4J_HMAC_SECRET; prefer the env var)")
+    g.add_argument("--project-id", metavar="SLUG", help="project slug (Z4J_PROJECT_ID)")
+    g.add_argument("--agent-name", metavar="NAME", help="display name of this agent (Z4J_AGENT_NAME)")
+    g.add_argument("--home", metavar="DIR", help="agent state directory holding the buffer (Z4J_HOME; default ~/.z4j)")
+
+
+def _connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "brain_url": args.brain_url, "token": args.token, "hmac_secret": args.hmac_secret,
+        "project_id": args.project_id, "agent_name": args.agent_name, "home": args.home,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="z4j-bare", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", choices=LEVELS, default=None,
+                        help="log level on stderr (default: info for run, warning otherwise)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="check config, buffer dir, DNS, TCP, TLS, WebSocket, token and HMAC secret",
+                       description="Probe, in order: config, buffer_dir, dns, tcp, tls, websocket, hello (the token), "
+                       "hmac (a signed round trip proving the secret) and runtime (a real agent runtime; its state "
+                       "trace is printed). Exit 0 when nothing failed, 1 otherwise. See docs/troubleshooting.md.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_connection_flags(p)
+    p.add_argument("--no-websocket", action="store_true",
+                   help="stop after DNS/TCP/TLS: no WebSocket, no hello, no signed frames, no runtime")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="bound for each network step (default: Z4J_CONNECT_TIMEOUT, at most 10 s)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (schema z4j-bare.doctor/1)")
+
+    p = sub.add_parser("run", help="run the agent for a Celery app or an RQ Redis URL until SIGTERM",
+                       description="Start the agent in this process and keep it connected until SIGTERM or "
+                       "Ctrl-C, then drain the buffer and exit 0. This standalone process serves operator "
+                       "commands and reports queue health; task events are captured where tasks run, so "
+                       "install the agent in your workers too (docs/quickstart.md).")
+    _add_connection_flags(p)
+    p.add_argument("--app", metavar="MODULE:ATTR", help="Celery application to attach, e.g. proj.celery:app")
+    p.add_argument("--rq-url", metavar="URL", help="RQ Redis URL to attach, e.g. redis://localhost:6379/0 "
+                   "(default Z4J_RQ_REDIS_URL when --engine rq)")
+    p.add_argument("--rq-queue", action="append", metavar="NAME", help="RQ queue to report (repeatable; default all)")
+    p.add_argument("--engine", choices=("celery", "rq"), action="append",
+                   help="engine(s) to attach; inferred from --app / --rq-url")
+    p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to drain the buffer on SIGTERM (default 10)")
+    p.add_argument("--json", action="store_true", help="JSON log lines on stderr")
+
+    p = sub.add_parser("status", help="local buffers under Z4J_HOME: depth, oldest age, loss counters (read-only)",
+                       description="Inspect the agent's buffer files read-only (no lock is taken, nothing is "
+                       "written), including the $TMPDIR fallback used when Z4J_HOME is not writable. Exit 1 "
+                       "when a buffer could not be read.")
+    p.add_argument("--home", metavar="DIR", help="directory to inspect (default Z4J_HOME or ~/.z4j)")
+    p.add_argument("--json", action="store_true", help="JSON output (schema z4j-bare.status/1)")
+
+    p = sub.add_parser("statechart", help="print the runtime state machine as a mermaid diagram")
+    p.add_argument("--markdown", action="store_true", help="the full statecharts/runtime.md page instead")
+
+    p = sub.add_parser("brain", help="run the local reference brain (trials, tests); --help for its options",
+                       add_help=False)
+    p.add_argument("brain_args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("demo", help="end-to-end demo: local brain, real Celery (and RQ) worker, a retry round trip",
+                       add_help=False)
+    p.add_argument("demo_args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("version", help="print the agent, protocol and Python versions")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    return parser
+
+
+def configure_logging(level: str, *, json_lines: bool = False) -> None:
+    import logging
+
+    import structlog
+
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    processors.append(structlog.processors.JSONRenderer() if json_lines
+                      else structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .diagnostics import run_doctor
+
+    report = run_doctor(_connection_options(args), websocket=not args.no_websocket, timeout=args.timeout,
+                        kwarg_label="flag")
+    if args.json:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        sys.stdout.write(report.render_text())
+    sys.stdout.flush()
+    return EXIT_OK if report.ok else EXIT_PROBLEM
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    import platform
+
+    from . import __version__
+    from .protocol import PROTOCOL_VERSION_TEXT
+    from .runtime import COMPAT_AGENT_VERSION
+
+    data = {"z4j_bare": __version__, "protocol": PROTOCOL_VERSION_TEXT, "compat_agent_version": COMPAT_AGENT_VERSION,
+            "python": platform.python_version()}
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"z4j-bare {__version__}\nprotocol {PROTOCOL_VERSION_TEXT} (agent_version {COMPAT_AGENT_VERSION} "
+              f"in hello)\npython {data['python']}")
+    return EXIT_OK
+
+
+def cmd_statechart(args: argparse.Namespace) -> int:
+    from .statechart import render_markdown, render_mermaid
+
+    sys.stdout.write(render_markdown() if args.markdown else render_mermaid())
+    return EXIT_OK
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .diagnostics import buffer_status
+
+    status = buffer_status(args.home)
+    if args.json:
+        _print_json(status)
+    else:
+        print(f"z4j home: {status['home']}")
+        for note in status["notes"]:
+            print(f"  note: {note}")
+        if not status["buffers"]:
+            print("  no buffer files")
+        for b in status["buffers"]:
+            where = " [fallback: Z4J_HOME was not writable]" if b.get("location") == "fallback" else ""
+            print(f"  {b['path']}{where}")
+            if "error" in b:
+                print(f"    error: {b['error']}")
+                continue
+            owner = f"live agent pid {b['owner_pid']}" if b.get("owner_alive") else "no live owner (adopted by the next agent start)"
+            loss = b.get("loss", {})
+            lost = {k: v for k, v in loss.items() if k != "adapter_events" and v}
+            print(f"    depth {b.get('depth', 0)} {b.get('by_kind') or ''}  oldest {_age(b.get('oldest_age_seconds'))}"
+                  f"  size {b.get('size_bytes', 0) // 1024} KiB  owner: {owner}")
+            print(f"    loss: {lost or 'none'}" + (f"  by engine {loss.get('adapter_events')}" if loss.get("adapter_events") else ""))
+        for problem in status["problems"]:
+            print(f"  problem: {problem}")
+    return EXIT_PROBLEM if status["problems"] else EXIT_OK
+
+
+def _load_app(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name:
+        raise ValueError(f"--app {spec!r}: use MODULE:ATTR, e.g. proj.celery:app")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `celery -A`: the app module is usually in the cwd
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--app {spec!r}: cannot import {module_name!r} ({exc}); run from the project "
+                         "directory or set PYTHONPATH") from None
+    target: Any = module
+    for part in (attr or "app").split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"--app {spec!r}: {module_name} has no attribute {part!r}")
+        target = getattr(target, part)
+    return target
+
+
+def _engines_for(args: argparse.Namespace) -> list[Any]:
+    wanted = set(args.engine or [])
+    if args.app:
+        wanted.add("celery")
+    if args.rq_url or args.rq_queue:
+        wanted.add("rq")
+    if not wanted:
+        raise ValueError("run needs an engine: --app MODULE:ATTR (Celery) and/or --rq-url redis://... (RQ)")
+    engines = []
+    if "celery" in wanted:
+        if not args.app:
+            raise ValueError("--engine celery needs --app MODULE:ATTR (your Celery application)")
+        from .engines.celery import CeleryEngineAdapter
+
+        engines.append(CeleryEngineAdapter(celery_app=_load_app(args.app)))
+    if "rq" in wanted:
+        url = args.rq_url or os.environ.get("Z4J_RQ_REDIS_URL", "").strip()
+        if not url:
+            raise ValueError("--engine rq needs --rq-url redis://host:6379/0 (or Z4J_RQ_REDIS_URL)")
+        from .engines.rq import RqEngineAdapter
+
+        engines.append(RqEngineAdapter(redis_url=url, queues=args.rq_queue or None))
+    return engines
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import structlog
+
+    from .agent import install_agent
+    from .config import ConfigError
+
+    log = structlog.get_logger("z4j_bare.cli")
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
+    # Installed before anything slow so a SIGTERM during start-up still ends in a clean stop.
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            engines = _engines_for(args)
+            runtime = install_agent(engines=engines, **{k: v for k, v in _connection_options(args).items() if v is not None},
+                                    stop_timeout=args.stop_timeout)
+        except (ConfigError, ValueError, TypeError) as exc:
+            print(f"z4j-bare run: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as exc:  # noqa: BLE001 - report, with the type, and exit non-zero
+            print(f"z4j-bare run: the agent could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_PROBLEM
+        if runtime is None:
+            print("z4j-bare run: Z4J_DISABLED is set; nothing to run", file=sys.stderr)
+            return EXIT_OK
+        log.info("cli.run_started", engines=sorted(runtime.engines), brain=runtime.config.ws_url, pid=os.getpid())
+        while not stop.wait(1.0):
+            pass
+        log.info("cli.run_stopping", signal=signal.Signals(received[0]).name if received else None)
+        drained = runtime.stop(args.stop_timeout)
+        health = runtime.health()
+        log.info("cli.run_stopped", drained=drained, buffered=health["buffer_depth"], events_acked=health["events_acked"])
+        return EXIT_OK
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def cmd_brain(args: argparse.Namespace) -> int:
+    try:
+        module = importlib.import_module("z4j_bare.testing.cli")
+    except ImportError as exc:
+        print(f"z4j-bare brain: the local brain is unavailable ({exc}); install the extra: "
+              "pip install 'z4j-bare[brain]'", file=sys.stderr)
+        return EXIT_USAGE
+    return int(module.main(list(args.brain_args)) or 0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return int(demo.main(list(args.demo_args)) or 0)
+
+
+COMMANDS = {"doctor": cmd_doctor, "run": cmd_run, "status": cmd_status, "statechart": cmd_statechart,
+            "brain": cmd_brain, "demo": cmd_demo, "version": cmd_version}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # argparse: --help exits 0, a usage error 2
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    default_level = "info" if args.command in ("run", "demo", "brain") else "warning"
+    if args.command not in ("brain", "demo"):
+        configure_logging(args.log_level or default_level, json_lines=bool(getattr(args, "json", False)))
+    elif args.log_level:
+        os.environ.setdefault("Z4J_LOG_LEVEL", args.log_level)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `z4j-bare status | head`
+        return EXIT_OK
