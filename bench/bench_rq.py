@@ -43,6 +43,46 @@ def run_once(conn, worker_class: str, env: dict[str, str], jobs: int) -> float:
     return span * 1000 / jobs
 
 
+def hook_cost(conn, jobs: int, home: str) -> tuple[float, float]:
+    """The agent's own work per job in a fork worker's main process, timed directly.
+
+    Replays what the patched ``execute_job`` does around each job (received+started before,
+    final-status read from Redis + terminal event after) on real finished jobs, with a real
+    SQLite buffer and redactor: no fork, so no fork noise. Returns (before_us, after_us).
+    """
+    import time
+
+    from rq.worker import SimpleWorker
+
+    from z4j_bare.buffer import BufferStore
+    from z4j_bare.engines.base import EventSink
+    from z4j_bare.engines.rq_capture import Capture
+    from z4j_bare.redaction import Redactor
+
+    q = Queue(harness.unique_queue("hook"), connection=conn)
+    q.enqueue_many([Queue.prepare_data("rq_app.jobs.add", args=(1, 2)) for _ in range(jobs)])
+    worker = SimpleWorker([q], connection=conn)
+    worker.work(burst=True, logging_level="WARNING")
+    from rq.job import Job
+    from rq.registry import FinishedJobRegistry
+
+    fetched = [Job.fetch(i, connection=conn) for i in FinishedJobRegistry(queue=q).get_job_ids()]
+    buffer = BufferStore(Path(home) / "hook-bench.db")
+    cap = Capture(EventSink("rq", buffer, Redactor()))
+    t_before = t_after = 0.0
+    for job in fetched:
+        t0 = time.perf_counter()
+        ctx = cap.before(worker, job, q)
+        t1 = time.perf_counter()
+        cap.after(worker, job, ctx, in_process=False)
+        t2 = time.perf_counter()
+        t_before += t1 - t0
+        t_after += t2 - t1
+    buffer.close()
+    conn.flushdb()
+    return t_before / len(fetched) * 1e6, t_after / len(fetched) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -59,11 +99,14 @@ def main() -> None:
             agent.append(run_once(conn, "z4j_rq.Worker", env, args.jobs))
             print(f"round {n + 1}: plain {plain[-1]:.3f} ms/job, agent {agent[-1]:.3f} ms/job", flush=True)
         received = brain.event_count(engine="rq", kind="task.succeeded")
+        before_us, after_us = hook_cost(conn, args.jobs, home)
     p, a = statistics.median(plain), statistics.median(agent)
     print(f"\n{args.jobs} no-op jobs, rq fork Worker, median of {args.rounds} rounds")
     print(f"  without agent: {p:.3f} ms/job")
     print(f"  with agent:    {a:.3f} ms/job")
     print(f"  overhead:      {a - p:+.3f} ms/job ({(a - p) / p * 100:+.1f} %)")
+    print(f"  agent hook cost measured directly: before {before_us:.0f} us + after {after_us:.0f} us "
+          f"= {(before_us + after_us) / 1000:.3f} ms/job")
     print(f"  brain received {received} task.succeeded events (expected {args.jobs * args.rounds})")
 
 

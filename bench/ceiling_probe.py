@@ -40,6 +40,7 @@ from z4j_bare.protocol import (
 )
 
 _KINDS = ("received", "started", "succeeded")
+HEARTBEAT_SECONDS = 10.0
 
 
 def _cred(creds: Any, name: str) -> str:
@@ -124,9 +125,18 @@ def measure_ceiling(
                 outstanding[frame_id] = time.perf_counter()
                 ws.send_binary(raw)
                 next_chunk += 1
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise TimeoutError(f"{len(outstanding)} frames unacked after {timeout:.0f} s")
-            frame = verifier.verify(ws.recv())
+            # a big frame can take the brain minutes to ack: heartbeat meanwhile, as an agent
+            # must, or the brain's 90 s idle timeout closes the socket (4408)
+            ws.settimeout(min(HEARTBEAT_SECONDS, remaining))
+            try:
+                raw_in = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                ws.send_binary(signer.sign(FrameType.HEARTBEAT, new_frame_id("hb_"), {"buffer_size": 0, "adapter_health": {}}))
+                continue
+            frame = verifier.verify(raw_in)
             if frame.type is FrameType.EVENT_BATCH_ACK and frame.payload.get("acked_id") in outstanding:
                 latencies.append(time.perf_counter() - outstanding.pop(frame.payload["acked_id"]))
                 accepted += int(frame.payload.get("accepted", 0))

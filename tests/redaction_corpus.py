@@ -170,3 +170,24 @@ INNOCENTS: list[tuple[str, object]] = [
     ("nested", {"a": {"b": ["c", {"d": 1}]}}),
     ("big-int-id", 1234567890123456),
 ]
+
+# For samples with surrounding words: the part that must not survive free-text scrubbing.
+TEXT_CORE: dict[str, str] = {
+    "jwt-in-text": "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJhY21lIn0.c2lnbmF0dXJlLWJ5dGVz",
+    "aws-in-text": "AKIAJ5Q7R2D8EXAMPLE9",
+    "aws-secret-kv": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "authorization-header": "dXNlcjpwYXNzd29yZA==",
+    "pem-ec-in-text": "MHcCAQEEIBkg",
+    "email-in-text": "carol_92@example.org",
+    "ssn-in-text": "078-05-1120",
+    "card-discover-in-text": "6011111111111117",
+    "password-kv": "hunter2",
+    "password-json": "correct horse battery staple",
+    "password-url-query": "s3cret",
+    "token-header": "0123456789abcdef",
+    "api-key-kv": "abc123def456",
+    "client-secret-kv": "zyx987",
+    "python-repr": "letmein",
+    "dsn-kv": "abc@o1.ingest.sentry.io",
+    "slack-webhook": "T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+}

@@ -126,8 +126,11 @@ def test_lifecycle_without_events_flag(brain, start_worker, pool, broker, boot):
     assert worker.online_event["data"]["pool"]
     run_lifecycle(brain, worker)
     worker.stop()
-    offline = brain.wait_for_events(1, timeout=15, engine="celery", kind="worker.offline")
-    assert any(e["data"].get("worker") == worker.nodename for e in offline)
+    deadline = time.monotonic() + 15
+    while not any(e["data"].get("worker") == worker.nodename
+                  for e in brain.events(engine="celery", kind="worker.offline")):
+        assert time.monotonic() < deadline, f"no worker.offline; worker log:\n{worker.log()}"
+        time.sleep(0.1)
 
 
 def test_lifecycle_with_events_flag(brain, start_worker):

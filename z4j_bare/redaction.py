@@ -255,6 +255,7 @@ _TOKEN_STOP = frozenset(" \t\r\n\"'`,;()[]{}<>=:|")
 _MAX_KEY_LEN = 256  # longer keys are treated as sensitive (protocol.md 5.2)
 _MAX_EXTRA_KEY_LEN = 64  # extra key patterns only run on short keys; longer ones are sensitive
 _KEY_CACHE_MAX = 4096
+_INT64 = 1 << 63
 _SCAN_PAST_CUT = 2048  # a JWT or PEM header straddling the truncation point is still seen
 
 
@@ -339,7 +340,8 @@ def _char_set(op: Any, av: Any, icase: bool) -> frozenset[str] | None:
             elif iop is _sre.RANGE:
                 lo, hi = iav
                 for c in _ALPHABET:
-                    if lo <= ord(c) <= hi or (icase and (lo <= ord(c.lower()) <= hi or lo <= ord(c.upper()) <= hi)):
+                    variants = (c, c.lower(), c.upper()) if icase else (c,)
+                    if any(len(v) == 1 and lo <= ord(v) <= hi for v in variants):
                         chars.add(c)
             elif iop is _sre.CATEGORY:
                 test = _CATEGORY_TEST.get(iav)
@@ -540,34 +542,59 @@ def _time_once(fn: Callable[[str], Any], probe: str) -> float:
 
 def _timing_problem(compiled: re.Pattern[str], parsed: Any, icase: bool, *, key: bool,
                     per_probe: float, total_budget: float) -> str | None:
-    """Run the pattern on growing adversarial probes; refuse super-linear or slow growth."""
+    """Run the pattern on growing adversarial probes; refuse slow or super-linear growth.
+
+    Sizes double (or grow by a few characters for keys), so a bad pattern is caught by its
+    growth a step or two before a single probe can take long."""
     fn = compiled.fullmatch if key else compiled.search
-    sizes = (8, 12, 16, 20, 24, 32, 48, 64) if key else (64, 256, 1024, 4096)
+    sizes = (8, 12, 16, 20, 24, 32, 48, 64) if key else (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     chars = _probe_chars(parsed, icase)
-    families = [c for c in chars] + [a + b for i, a in enumerate(chars[:4]) for b in chars[i + 1:4]]
+    families = chars[:8] + [a + b for i, a in enumerate(chars[:4]) for b in chars[i + 1:4]]
     spent = 0.0
     for unit in families:
-        prev = None
+        history: list[tuple[int, float]] = []
         for size in sizes:
-            probe = (unit * (size // len(unit) + 1))[:size] + "\x00"
+            probe = _probe(unit, size)
             t = _time_once(fn, probe)
-            if t > 0.001:  # noisy machine or real problem: keep the best of two more runs
+            if 0.001 < t < 3 * per_probe:  # a busy machine or a real problem: best of three
                 t = min(t, _time_once(fn, probe), _time_once(fn, probe))
             spent += t
             if t > per_probe:
                 return (f"took {t * 1000:.0f} ms on a {size}-character probe ({unit!r} repeated); "
                         f"the budget is {per_probe * 1000:.0f} ms")
-            if prev is not None and t > 0.002 and t / max(prev, 1e-7) > 2.5 * size / prev_size:
-                return (f"run time grows super-linearly with input length ({prev * 1000:.1f} ms "
-                        f"at {prev_size} chars, {t * 1000:.1f} ms at {size})")
+            # Linear time grows like the size ratio, quadratic like its square. Compare with the
+            # probe two steps back (a 4x size ratio for values) and confirm with fresh runs, so
+            # a scheduling hiccup on a busy machine does not refuse a good pattern.
+            if len(history) >= 2 and t > 0.002:
+                base_size, base_t = history[-2]
+                if t / base_t > (size / base_size) ** 1.6:
+                    base_probe = _probe(unit, base_size)
+                    base_t = min(base_t, *(_time_once(fn, base_probe) for _ in range(3)))
+                    t = min(t, *(_time_once(fn, probe) for _ in range(3)))
+                    if t > 0.002 and t / base_t > (size / base_size) ** 1.6:
+                        return (f"run time grows super-linearly with input length ({base_t * 1000:.1f} ms "
+                                f"at {base_size} chars, {t * 1000:.1f} ms at {size}); values are "
+                                f"searched up to 8 KB, where this would cost far more")
             if spent > total_budget:
-                return f"adversarial probes took {spent * 1000:.0f} ms in total (budget {total_budget * 1000:.0f} ms)"
-            prev, prev_size = t, size
+                return (f"adversarial probes took {spent * 1000:.0f} ms in total "
+                        f"(budget {total_budget * 1000:.0f} ms)")
+            history.append((size, max(t, 1e-7)))
     return None
 
 
-def _check_pattern(setting: str, index: int, pattern: object, *, key: bool,
-                   per_probe: float = 0.020, total_budget: float = 0.100) -> re.Pattern[str]:
+def _probe(unit: str, size: int) -> str:
+    return (unit * (size // len(unit) + 1))[:size] + "\x00"
+
+
+# Time budgets for the adversarial probes. Keys are probed up to 64 characters (extra key
+# patterns never see longer keys), values up to 4096; budgets are generous on purpose so a busy
+# machine does not refuse a good pattern: the growth check is what catches super-linear ones.
+_KEY_BUDGET = (0.020, 0.100)
+_VALUE_BUDGET = (0.100, 2.0)
+
+
+def _check_pattern(setting: str, index: int, pattern: object, *, key: bool) -> re.Pattern[str]:
+    per_probe, total_budget = _KEY_BUDGET if key else _VALUE_BUDGET
     where = f"{setting}[{index}]"
     fix_generic = ("use possessive quantifiers ('a++', '\\w*+') or atomic groups ('(?>...)'), "
                    "bound repeats ('{1,64}'), or anchor the pattern on a literal prefix")
@@ -678,15 +705,15 @@ def _json_size(value: Any) -> int:
 # The redactor
 
 
-class _Walk:
-    """Per-call state: ids on the current path (cycles) and a byte estimate (work cap)."""
+# Per-call walk state, a plain list because it is built for every event: [0] an upper bound of
+# the output's JSON size (drives the work cap and lets small events skip serialisation), [1] the
+# ids of the containers on the current path (cycle detection).
+_Walk = list
+_EST, _PATH = 0, 1
 
-    __slots__ = ("path", "est", "cap")
 
-    def __init__(self, cap: int) -> None:
-        self.path: set[int] = set()
-        self.est = 0
-        self.cap = cap
+def _new_walk() -> list[Any]:
+    return [0, set()]
 
 
 class Redactor:
@@ -744,7 +771,7 @@ class Redactor:
     def scrub(self, value: Any) -> Any:
         """A JSON-safe, redacted, size-capped copy of ``value``. Never raises."""
         try:
-            return self._node(value, 0, _Walk(self._work_cap))
+            return self._node(value, 0, _new_walk())
         except Exception:  # noqa: BLE001 - the contract is "never raises"
             return REDACTED
 
@@ -782,24 +809,24 @@ class Redactor:
     def _node(self, v: Any, depth: int, st: _Walk) -> Any:
         t = type(v)
         if t is str:
-            st.est += 6 * len(v) + 3
+            st[_EST] += 6 * len(v) + 3
             return self._str(v)
         if t is int:
             bits = v.bit_length()
             if bits > 1024:  # json refuses ints over 4300 digits; nobody needs them
-                st.est += 32
+                st[_EST] += 32
                 return f"<int of {bits} bits>"
-            st.est += 24 if bits <= 64 else bits // 3 + 3
+            st[_EST] += 24 if bits <= 64 else bits // 3 + 3
             return v
         if t is dict:
             return self._dict(v, depth, st)
         if t is list or t is tuple:
             return self._list(v, depth, st)
         if v is None or t is bool:
-            st.est += 6
+            st[_EST] += 6
             return v
         if t is float:
-            st.est += 26
+            st[_EST] += 26
             return _float_value(v)
         try:
             if isinstance(v, dict):
@@ -812,9 +839,9 @@ class Redactor:
 
     def _dict(self, v: dict[Any, Any], depth: int, st: _Walk) -> Any:
         ident = id(v)
-        path = st.path
+        path = st[_PATH]
         if depth >= self.max_depth or ident in path:
-            st.est += 20
+            st[_EST] += 20
             return REDACTED if ident not in path else _CYCLE
         path.add(ident)
         try:
@@ -824,7 +851,7 @@ class Redactor:
             est = 2
             items = list(dict.items(v))  # RuntimeError if another thread resizes it: caught
             for k, val in items:
-                if st.est + est > st.cap:
+                if st[_EST] + est > self._work_cap:
                     out[TRUNCATION_MARKER_PREFIX + "keys]"] = f"{len(items) - len(out)} more keys"
                     break
                 decision = cache.get(k) if type(k) is str else None
@@ -835,9 +862,12 @@ class Redactor:
                 if sensitive:
                     est += 13
                     out[out_key] = REDACTED
+                elif type(val) is int and -_INT64 <= val < _INT64:  # inline: the common scalars
+                    est += 21
+                    out[out_key] = val
                 else:
                     out[out_key] = node(val, depth + 1, st)
-            st.est += est
+            st[_EST] += est
             return out
         except Exception:  # noqa: BLE001
             return REDACTED
@@ -846,9 +876,9 @@ class Redactor:
 
     def _list(self, v: Any, depth: int, st: _Walk) -> Any:
         ident = id(v)
-        path = st.path
+        path = st[_PATH]
         if depth >= self.max_depth or ident in path:
-            st.est += 20
+            st[_EST] += 20
             return REDACTED if ident not in path else _CYCLE
         path.add(ident)
         try:
@@ -864,13 +894,16 @@ class Redactor:
                 items = list(v)
             node = self._node
             out: list[Any] = []
-            st.est += 2 + len(items)
-            cap = st.cap
+            st[_EST] += 2 + len(items)
+            cap = self._work_cap
             for item in items:
-                if st.est > cap:
+                if st[_EST] > cap:
                     out.append(f"{TRUNCATION_MARKER_PREFIX}{len(items) - len(out)} items]")
                     break
-                out.append(node(item, depth + 1, st))
+                if type(item) is int and -_INT64 <= item < _INT64:
+                    out.append(item)
+                else:
+                    out.append(node(item, depth + 1, st))
             return out
         except Exception:  # noqa: BLE001
             return REDACTED
@@ -883,7 +916,7 @@ class Redactor:
             text = repr(raw)
             if len(v) > self.max_value_bytes:
                 text += f"{TRUNCATION_MARKER_PREFIX}{len(v) - self.max_value_bytes} bytes]"
-            st.est += 6 * len(text) + 3
+            st[_EST] += 6 * len(text) + 3
             return self._str(text)
         if isinstance(v, str):  # str subclass
             return self._node(str.__str__(v), 0, st)
@@ -894,7 +927,7 @@ class Redactor:
         if isinstance(v, float):
             return self._node(float(v), 0, st)
         text = _safe_str(v)
-        st.est += 6 * len(text) + 3
+        st[_EST] += 6 * len(text) + 3
         return self._str(text)
 
     # -- keys ---------------------------------------------------------------------------------
@@ -1063,7 +1096,7 @@ class Redactor:
     def _scrub_data(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             data = {"value": data}
-        st = _Walk(self._work_cap)
+        st = _new_walk()
         out: dict[str, Any] = {}
         cache = self._key_cache
         fits = self._ascii_fits
@@ -1086,7 +1119,7 @@ class Redactor:
                 out[out_key] = self._text(v)
             else:
                 out[out_key] = self._node(v, 1, st)
-        if st.est + est <= self.max_event_bytes:  # an upper bound: no need to serialise
+        if st[_EST] + est <= self.max_event_bytes:  # an upper bound: no need to serialise
             return out
         return self._fit(out)
 
@@ -1097,24 +1130,47 @@ class Redactor:
             return out
         sizes = {k: _json_size(v) for k, v in out.items()}
         first = [k for k in _SHRINK_FIRST if k in out]
-        rest = sorted((k for k in out if k not in first and k not in _KEEP_LAST), key=lambda k: -sizes[k])
+        rest = [k for k in out if k not in first and k not in _KEEP_LAST]
         last = [k for k in _KEEP_LAST if k in out]
-        for group in (first, rest, last):
-            # largest first inside a group: the least number of fields lose information
+        # 1. shrink values, payload fields first, largest first inside a group: the fewest
+        #    fields lose information
+        for group in (first, rest):
             for k in sorted(group, key=lambda k: -sizes[k]):
                 if total <= limit:
                     return out
-                excess = total - limit
-                budget = max(0, sizes[k] - excess)
-                out[k] = _shrink(out[k], budget)
-                new = _json_size(out[k])
-                total += new - sizes[k]
-                sizes[k] = new
+                smaller = _shrink(out[k], max(0, sizes[k] - (total - limit)))
+                new = _json_size(smaller)
+                if new < sizes[k]:
+                    out[k] = smaller
+                    total += new - sizes[k]
+                    sizes[k] = new
         if total <= limit:
             return out
-        # Pathological (thousands of keys): keep only the identity fields, capped.
+        # 2. too many fields: drop whole fields (smallest priority first) behind one marker
+        marker_key = TRUNCATION_MARKER_PREFIX + "fields]"
+        reserve = 80
+        dropped = 0
+        for k in [*reversed(rest), *reversed(first)]:
+            if total + reserve <= limit:
+                break
+            total -= _json_size(k) + sizes.pop(k) + 2
+            del out[k]
+            dropped += 1
+        if dropped:
+            out[marker_key] = f"{dropped} fields dropped to fit {limit} bytes"
+        total = _json_size(out)
+        # 3. the identity fields themselves (only when max_value_bytes > max_event_bytes)
+        for k in sorted(last, key=lambda k: -sizes[k]):
+            if total <= limit:
+                return out
+            smaller = _shrink(out[k], max(0, sizes[k] - (total - limit)))
+            if _json_size(smaller) < sizes[k]:
+                out[k] = smaller
+                total = _json_size(out)
+        if total <= limit:
+            return out
         slim = {k: _shrink(out[k], limit // 8) for k in _KEEP_LAST if k in out}
-        slim[TRUNCATION_MARKER_PREFIX + "event]"] = f"{total} bytes did not fit in {limit}"
+        slim[marker_key] = f"event did not fit in {limit} bytes"
         return slim
 
 

@@ -129,7 +129,7 @@ class BrokerClient:
 
     # -- health --------------------------------------------------------------------------------
     def worker_details(self, hostname: str | None) -> dict[str, Any]:
-        """Cached ~60 s; one inspect round per refresh, <= 2 s each (stats only without hostname)."""
+        """Cached ~60 s; stats first (<= 2 s), the rest only if the worker answered (replies are immediate)."""
         now = time.monotonic()
         if now - self._details_at < DETAILS_TTL:
             return self._details
@@ -143,13 +143,23 @@ class BrokerClient:
         return self._details
 
     def _inspect(self, hostname: str | None) -> dict[str, Any]:
+        # A dedicated connection, never the app's shared pool: the worker main process may fork
+        # pool children at any moment, and a pool lock held by this thread must not be inherited.
+        try:
+            with self.app.connection_for_write() as conn:
+                return self._inspect_on(conn, hostname)
+        except Exception as exc:  # noqa: BLE001
+            self.last_error = f"inspect: {type(exc).__name__}"
+            return {}
+
+    def _inspect_on(self, conn: Any, hostname: str | None) -> dict[str, Any]:
         control = self.app.control
         if hostname:
-            insp = control.inspect(destination=[hostname], timeout=INSPECT_TIMEOUT, limit=1)
+            insp = control.inspect(destination=[hostname], timeout=INSPECT_TIMEOUT, limit=1, connection=conn)
             calls = {"stats": insp.stats, "active_queues": insp.active_queues, "registered": insp.registered,
                      "conf": lambda: insp.conf(with_defaults=True)}
         else:
-            insp = control.inspect(timeout=1.0)
+            insp = control.inspect(timeout=1.0, connection=conn)
             calls = {"stats": insp.stats}
         out: dict[str, dict[str, Any]] = {}
         for key, call in calls.items():
@@ -157,7 +167,9 @@ class BrokerClient:
                 replies = call() or {}
             except Exception as exc:  # noqa: BLE001
                 self.last_error = f"inspect {key}: {type(exc).__name__}"
-                continue
+                replies = {}
+            if key == "stats" and not replies:
+                break  # nobody answered within the timeout: asking three more times would only wait 3x longer
             for host, value in replies.items():
                 if key == "conf" and isinstance(value, dict):
                     value = {k: value[k] for k in CONF_ALLOWLIST if k in value}

@@ -55,7 +55,9 @@ class RqEngineAdapter(EngineAdapter):
     (``connection=``, or positionally) or an ``rq.Queue`` (``queue=``, or positionally; its
     connection and serializer are used). ``queues`` names the queues reported in heartbeats
     (default: every queue RQ knows in that Redis, up to 64). ``capture_args=False`` keeps job
-    arguments out of events. ``stop_wait_seconds`` bounds how long ``cancel_task`` waits for a
+    arguments out of events. ``capture_results=True`` adds a fork/spawn job's return value to
+    ``task.succeeded`` (one more Redis read per job; a SimpleWorker always has it in memory).
+    ``stop_wait_seconds`` bounds how long ``cancel_task`` waits for a
     running job to be stopped before it reports the truth.
     """
 
@@ -72,6 +74,7 @@ class RqEngineAdapter(EngineAdapter):
         queues: Iterable[str] | None = None,
         serializer: Any = None,
         capture_args: bool = True,
+        capture_results: bool = False,
         stop_wait_seconds: float = 5.0,
         default_queue: str = "default",
     ) -> None:
@@ -108,6 +111,7 @@ class RqEngineAdapter(EngineAdapter):
         self._opaque = _OpaqueSerializer(self.serializer)
         self.queues = list(queues) if queues else []
         self.capture_args = bool(capture_args)
+        self.capture_results = bool(capture_results)
         self.stop_wait_seconds = float(stop_wait_seconds)
         self.default_queue = default_queue
         self._where = _describe(connection, url)
@@ -124,7 +128,8 @@ class RqEngineAdapter(EngineAdapter):
 
     def attach(self, sink: EventSink) -> None:
         self._sink = sink
-        self._capture = capture.Capture(sink, capture_args=self.capture_args)
+        self._capture = capture.Capture(sink, capture_args=self.capture_args,
+                                        capture_results=self.capture_results)
         capture.install(self._capture)
 
     def detach(self) -> None:
@@ -294,7 +299,7 @@ class RqEngineAdapter(EngineAdapter):
 
     def reconcile_task(self, request: CommandRequest) -> dict[str, Any]:
         job_id = request.require("task_id")
-        outcome = capture.read_outcome(self.connection, job_id, self._job_key(job_id))
+        outcome = capture.read_outcome(self.connection, job_id, self._job_key(job_id), with_result=False)
         status = outcome["status"]
         state = {"queued": "pending", "deferred": "pending", "scheduled": "pending", "created": "pending",
                  "rate_limited": "pending", "started": "started", "finished": "success", "failed": "failure",
@@ -352,7 +357,7 @@ class RqEngineAdapter(EngineAdapter):
             time.sleep(0.02)
         result = {**base, "worker": worker, "stop_sent": True, "new_status": status}
         if status == "stopped":
-            outcome = capture.read_outcome(self.connection, job_id, self._job_key(job_id))
+            outcome = capture.read_outcome(self.connection, job_id, self._job_key(job_id), with_result=False)
             self._emit(EventKind.TASK_REVOKED, job_id, {"queue": origin, "worker": worker, "reason": "stopped",
                                                         "terminated": True, "task_name": self._task_name(job_id)},
                        outcome["result_at"] or outcome["ended_at"])

@@ -47,9 +47,10 @@ _RESULT_FIELDS = (b"status", b"ended_at", b"started_at", b"retries_left", b"numb
 class Capture:
     """Builds events from RQ objects and writes them through the sink."""
 
-    def __init__(self, sink: EventSink, *, capture_args: bool = True) -> None:
+    def __init__(self, sink: EventSink, *, capture_args: bool = True, capture_results: bool = False) -> None:
         self.sink = sink
         self.capture_args = capture_args
+        self.capture_results = capture_results
 
     # -- shared field extraction -----------------------------------------------------------------
     def call_fields(self, job: Any, in_memory: bool) -> dict[str, Any]:
@@ -112,7 +113,7 @@ class Capture:
     def after(self, worker: Any, job: Any, ctx: dict[str, Any], in_process: bool) -> None:
         outcome = _memory_outcome(job) if in_process else None
         if outcome is None:
-            outcome = read_outcome(worker.connection, job.id, job.key)
+            outcome = read_outcome(worker.connection, job.id, job.key, with_result=self.capture_results)
         event = terminal_event(outcome, ctx["base"], ctx["started"])
         if event is not None:
             kind, data, occurred = event
@@ -132,27 +133,31 @@ def _memory_outcome(job: Any) -> dict[str, Any] | None:
     }
 
 
-def read_outcome(connection: Any, job_id: str, job_key: str) -> dict[str, Any]:
-    """One round trip: the job's status fields and its latest Result stream entry."""
-    from rq.results import Result
+def read_outcome(connection: Any, job_id: str, job_key: str, *, with_result: bool = True) -> dict[str, Any]:
+    """The job's status fields, then (only when needed) its latest Result stream entry.
 
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.hmget(job_key, _RESULT_FIELDS)
-        pipe.xrevrange(Result.get_key(job_id), "+", "-", count=1)
-        fields, latest = pipe.execute()
+    A successful job needs one HMGET (~1 round trip); the stream is read for failures, stops
+    and retries (exception text, exact time) and, with ``with_result``, for the return value.
+    """
+    fields = connection.hmget(job_key, _RESULT_FIELDS)
     status, ended, started, retries_left, retries = fields
     out: dict[str, Any] = {
         "status": info.text(status), "exists": status is not None, "ended_at": info.to_epoch(ended),
         "started_at": info.to_epoch(started), "retries_left": _int(retries_left),
         "number_of_retries": _int(retries), "exc": None, "result": None, "result_at": None, "result_type": None,
     }
+    if status is None or (out["status"] == "finished" and not with_result):
+        return out
+    from rq.results import Result
+
+    latest = connection.xrevrange(Result.get_key(job_id), "+", "-", count=1)
     if latest:
         entry_id, payload = latest[0]
         out["result_at"] = info.stream_id_epoch(entry_id)
         out["result_type"] = _int(payload.get(b"type"))
         out["exc"] = info.exc_from_result(payload)
         raw = payload.get(b"return_value")
-        if raw:
+        if raw and with_result:
             import base64
 
             out["result"] = safe_call(lambda: info.decode_value(base64.b64decode(raw)), site="rq.decode_result")

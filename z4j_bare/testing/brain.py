@@ -95,8 +95,11 @@ class LocalBrain:
         master_secret: str | None = None,
         *,
         strict_verify: bool = False,
+        ssl_context: Any = None,
     ) -> None:
         self.host = host
+        # An ssl.SSLContext with the server certificate makes the brain speak wss:// / https://.
+        self.ssl_context = ssl_context
         self.strict_verify = bool(strict_verify)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"LocalBrain(port={port!r}) must be an int in 0..65535 (0 picks a free port)")
@@ -168,7 +171,8 @@ class LocalBrain:
         host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self._port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self._port}"
 
     def start(self) -> LocalBrain:
         """Start listening (idempotent). Returns self."""
@@ -234,11 +238,12 @@ class LocalBrain:
         try:
             loop.run_forever()
         finally:
+            for conn in list(self._live):  # e.g. a TCP peer that never sent its HTTP request
+                conn.transport.abort()
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             for task in pending:
                 task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(asyncio.gather(*pending, asyncio.sleep(0), return_exceptions=True))
             loop.close()
 
     def _shutdown_loop(self) -> None:
@@ -293,6 +298,7 @@ class LocalBrain:
             self._port,
             create_connection=_TrackedConnection,
             process_request=self._process_request,
+            ssl=self.ssl_context,
             max_size=None,  # oversize is judged per session so it can close 4400 like the real brain
             ping_interval=60,
             ping_timeout=60,
