@@ -94,7 +94,7 @@ def measure_ceiling(
     ws = websocket.create_connection(url, header=[f"Authorization: Bearer {_cred(creds, 'token')}"], timeout=30)
     try:
         hello = {
-            "protocol_version": "2", "agent_version": "2.0.0", "framework": "bare", "engines": ["celery"],
+            "protocol_version": "2", "agent_version": "1.13.0", "framework": "bare", "engines": ["celery"],
             "schedulers": [], "capabilities": {"celery": []}, "host": {"name": "ceiling-probe"},
             "worker_id": f"bare-{os.getpid()}-{time.time_ns() // 1_000_000}", "worker_role": "task",
             "worker_pid": os.getpid(), "worker_started_at": utc_now_text(), "runtime_features": [],

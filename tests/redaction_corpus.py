@@ -11,8 +11,8 @@ _HEX32 = "0123456789abcdef0123456789abcdef"
 
 # (label, value): each value must be redacted when it is a plain string value.
 SECRETS: list[tuple[str, str]] = [
-    ("jwt", "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0."
-            "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"),
+    ("jwt", ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0."
+             "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")),
     ("jwt-unsigned", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."),
     ("jwt-in-text", "token was eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJhY21lIn0.c2lnbmF0dXJlLWJ5dGVz for user"),
     ("bearer", "Bearer abcdef0123456789ABCDEFghij"),
@@ -45,8 +45,8 @@ SECRETS: list[tuple[str, str]] = [
     ("pypi", "pypi-AgEIcHlwaS5vcmcCJDAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMAAC"),
     ("shopify", "shpat_" + _HEX32),
     ("square", "sq0atp-abcdefghijklmnopqrstuv"),
-    ("pem-rsa", "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\n"
-                "aFDrBz9vFqU4yGT6v9gC8n0Ff6gN2S3k0s\n-----END RSA PRIVATE KEY-----"),
+    ("pem-rsa", ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\n"
+                 "aFDrBz9vFqU4yGT6v9gC8n0Ff6gN2S3k0s\n-----END RSA PRIVATE KEY-----")),
     ("pem-pkcs8", "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----"),
     ("pem-openssh", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n"),
     ("pem-ec-in-text", "config:\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg\n-----END EC PRIVATE KEY-----\nend"),

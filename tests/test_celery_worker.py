@@ -160,3 +160,72 @@ def test_install_in_each_pool_child(brain, start_worker):
     assert failed["exception"] == "ValueError" and failed["exception_message"] == "child mode"
     # Documented gap of this mode: the main process has no agent, so nothing reports receipt.
     assert brain.event_count(engine="celery", kind="task.received", task_id=results[0].id) == 0
+
+
+def test_commands_end_to_end(brain, start_worker):
+    """retry_task by reference (no result_extended), cancel of a countdown task, worker controls, health."""
+    import redis
+
+    from z4j_bare.engines.base import CommandRequest
+    from z4j_bare.engines.celery import CeleryEngineAdapter
+
+    worker = start_worker(broker=REDIS_BROKER, pool="prefork", boot="worker_ready")
+    agent = worker.creds.agent_id
+    app = producer(worker.broker)
+    q, node = worker.queue, worker.nodename
+    marker = f"z4j-marker-{q}"
+    results = redis.Redis.from_url(BACKEND)
+    try:
+        # 1. A failed task, its cause fixed, retried by reference: the brain sends no arguments.
+        failed = app.send_task("z4jtest.fail_once_by_key", args=(marker, 7), queue=q)
+        brain.wait_for_task_state("celery", failed.id, "FAILURE", timeout=20)
+        results.set(marker, "1")
+        cid = brain.send_command("retry_task", {"task_id": failed.id, "task_name": "z4jtest.fail_once_by_key",
+                                                "args": None, "kwargs": None}, agent_id=agent, engine="celery")
+        record = brain.wait_for_command(cid, timeout=20)
+        assert record.status == "completed", record.error
+        new_id = record.result["new_task_id"]
+        assert new_id != failed.id and record.result["source"] == "agent_store"
+        assert app.AsyncResult(new_id).get(timeout=15) == 7  # the worker really ran the re-published request
+        row = brain.wait_for_task_state("celery", new_id, "SUCCESS", timeout=15)
+        assert row["task_name"] == "z4jtest.fail_once_by_key"
+        received = one(brain, new_id, "task.received")["data"]
+        assert received["args"] == [marker, 7] and received["queue"] == q
+
+        # 2. Cancel a task waiting on a countdown: revoked on the worker, never runs.
+        waiting = app.send_task("z4jtest.add", args=(100, 1), queue=q, countdown=3)
+        one(brain, waiting.id, "task.received")
+        cid = brain.send_command("cancel_task", {"task_id": waiting.id}, agent_id=agent, engine="celery")
+        record = brain.wait_for_command(cid, timeout=20)
+        assert record.status == "completed", record.error
+        assert record.result["terminated"] is False and node in record.result["acknowledged_by"]
+        revoked = one(brain, waiting.id, "task.revoked", timeout=20)["data"]
+        assert revoked["terminated"] is False and revoked["task_name"] == "z4jtest.add"
+        assert app.AsyncResult(waiting.id).state == "REVOKED"
+        time.sleep(0.5)
+        assert "task.started" not in kinds_for(brain, waiting.id)
+
+        # 3. Worker controls and health, through an adapter in this process (same broker).
+        local = CeleryEngineAdapter(celery_app=app, worker_hostname=node)
+
+        def cmd(action, **params):
+            return getattr(local, action)(CommandRequest("c", action, "celery", params, {}))
+
+        assert cmd("rate_limit", task_name="z4jtest.add", rate="50/s", worker_name=node)["replies"][node]["ok"]
+        assert cmd("pool_grow", worker_name=node, delta=1)["delta"] == 1
+        assert cmd("pool_shrink", worker_name=node, delta=1)["delta"] == 1
+        assert cmd("add_consumer", worker_name=node, queue=q + "-extra")["queue"] == q + "-extra"
+        assert cmd("cancel_consumer", worker_name=node, queue=q + "-extra")["replies"][node]
+        started = time.monotonic()
+        health = local.health()
+        assert time.monotonic() - started < 4
+        details = health["worker_details"][node]
+        assert q in details["active_queues"]
+        assert any(name.startswith("z4jtest.add") for name in details["registered"])
+        assert details["stats"]["pool"]["max-concurrency"] >= 2
+        assert set(details["conf"]) <= set(__import__("z4j_bare.engines.celery_broker", fromlist=["x"]).CONF_ALLOWLIST)
+        assert details["conf"]["task_default_queue"] == q
+        assert health["queue_depths"].get("celery", 0) >= 0 and health["broker_connected"] is True
+        local.detach()
+    finally:
+        results.delete(marker)

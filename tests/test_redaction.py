@@ -17,18 +17,18 @@ from hypothesis import strategies as st
 
 from z4j_bare.protocol import canonical_bytes
 from z4j_bare.redaction import (
+    _KV_SUFFIXES,
+    _MIN_PLAIN_SECRET,
     REDACTED,
     TRUNCATION_MARKER_PREFIX,
     RedactionPatternError,
     Redactor,
-    _KV_SUFFIXES,
-    _MIN_PLAIN_SECRET,
     _is_card_number,
     log_scrubber,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from redaction_corpus import (  # noqa: E402
+from redaction_corpus import (
     INNOCENT_KEYS,
     INNOCENTS,
     SECRETS,
@@ -79,7 +79,7 @@ def test_secret_in_free_text_is_removed_but_context_kept(label: str, secret: str
 
 
 def _windows(s: str, n: int) -> list[str]:
-    return [s[i:i + n] for i in range(0, max(1, len(s) - n + 1))]
+    return [s[i:i + n] for i in range(max(1, len(s) - n + 1))]
 
 
 def _userinfo(secret: str) -> str:
@@ -392,7 +392,7 @@ def test_log_scrubber_renders_and_scrubs_exceptions() -> None:
     try:
         raise ConnectionError("cannot reach amqp://guest:hunter22@rabbit:5672//")
     except ConnectionError:
-        line = logger.error("broker.down", exc_info=True)
+        line = logger.error("broker.down", exc_info=True)  # noqa: G201 - the exc_info path is under test
     rendered = json.loads(line)
     assert "hunter22" not in line
     assert "ConnectionError" in rendered["exception"] and "exc_info" not in rendered

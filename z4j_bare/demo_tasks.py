@@ -43,9 +43,16 @@ app = make_app()
 @worker_init.connect
 def _install_agent(sender=None, **_kwargs):  # noqa: ANN001 - Celery signal signature
     from z4j_bare import install_agent
-    from z4j_celery import CeleryEngineAdapter
+    from z4j_bare.engines.celery import CeleryEngineAdapter
 
-    install_agent(engines=[CeleryEngineAdapter(celery_app=app)])
+    try:
+        install_agent(engines=[CeleryEngineAdapter(celery_app=app)])
+    except Exception as exc:
+        # Celery swallows exceptions raised by signal handlers: make this one visible.
+        import sys
+
+        print(f"z4j demo worker: install_agent failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise
 
 
 @app.task(name="demo.add")

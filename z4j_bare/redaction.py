@@ -43,9 +43,9 @@ except ImportError:  # pragma: no cover - Python < 3.11 is not supported, kept f
 
 __all__ = [
     "REDACTED",
+    "TRUNCATION_MARKER_PREFIX",
     "RedactionPatternError",
     "Redactor",
-    "TRUNCATION_MARKER_PREFIX",
     "default_redactor",
     "log_scrubber",
 ]
@@ -248,7 +248,7 @@ _SHRINK_FIRST = ("traceback", "args", "kwargs", "result", "description", "except
 _KEEP_LAST = ("task_name", "queue", "worker")
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
-_AUTH_SCHEMES = re.compile(r"(?:bearer|basic|token|digest|negotiate|ntlm|apikey)\s+", re.I)
+_AUTH_SCHEMES = re.compile(r"(?:bearer|basic|token|digest|negotiate|ntlm|apikey)\s+", re.IGNORECASE)
 _VALUE_STOP = frozenset(" \t\r\n,;&)}]>\"'")
 _TOKEN_STOP = frozenset(" \t\r\n\"'`,;()[]{}<>=:|")
 
@@ -674,7 +674,7 @@ def _safe_str(value: Any) -> str:
 def _float_value(v: float) -> float | str:
     if math.isfinite(v):
         return v
-    if v != v:
+    if math.isnan(v):
         return "NaN"
     return "Infinity" if v > 0 else "-Infinity"
 
@@ -750,7 +750,7 @@ class Redactor:
         extra_values = [
             _check_pattern("redaction_extra_value_patterns", i, p, key=False) for i, p in enumerate(value_list)
         ]
-        self._extra_value_min = min((_sre_parse.parse(p.pattern, re.I).getwidth()[0] for p in extra_values),
+        self._extra_value_min = min((_sre_parse.parse(p.pattern, re.IGNORECASE).getwidth()[0] for p in extra_values),
                                     default=1 << 30)
         self._extra_values = _combine(extra_values)
 

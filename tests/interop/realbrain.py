@@ -333,15 +333,22 @@ class RealBrain:
 
     def ensure_project(self, slug: str, name: str | None = None) -> str:
         """Create the project (409 = already there); returns its UUID."""
+        if slug in self._project_uuids:
+            return self._project_uuids[slug]
         try:
             project = self.request("POST", "/projects", {"slug": slug, "name": name or slug})
-            self._project_uuids[slug] = project["id"]
         except BrainHTTPError as exc:
+            # 409 means "exists" but also "slug must match ^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$"
             if exc.status != 409:
                 raise
-        if slug not in self._project_uuids:
-            self._project_uuids[slug] = self.request("GET", f"/projects/{_q(slug)}")["id"]
-        return self._project_uuids[slug]
+            try:
+                project = self.request("GET", f"/projects/{_q(slug)}")
+            except BrainHTTPError as missing:
+                if missing.status == 404:
+                    raise exc from None
+                raise
+        self._project_uuids[slug] = project["id"]
+        return project["id"]
 
     def mint_agent(self, project: str = "interop", name: str = "agent-1") -> BrainCredentials:
         project_uuid = self.ensure_project(project)

@@ -31,7 +31,7 @@ from z4j_bare.protocol import (
     utc_now_text,
 )
 
-from .realbrain import BrainCredentials, RealBrain
+from .realbrain import BrainCredentials, BrainHTTPError, RealBrain
 
 # generous: the first test's setup may build the brain venv from scratch (~80 s) and boot it;
 # every wait inside the tests has its own short timeout
@@ -56,7 +56,7 @@ def hello_payload(**overrides: Any) -> dict[str, Any]:
     pid = os.getpid()
     payload = {
         "protocol_version": "2",
-        "agent_version": "2.0.0",
+        "agent_version": "1.13.0",
         "framework": "bare",
         "engines": ["celery"],
         "schedulers": [],
@@ -119,7 +119,7 @@ class ProbeSession:
             "telemetry_loss": None, "auth_failure_streak": 0, "protocol_failure_streak": 0,
             "connection_failure_streak": 0, "last_successful_connect_at": utc_now_text(),
             "current_session_age_seconds": 0.1, "buffer_depth": 0, "buffer_oldest_age_seconds": None,
-            "agent_version": "2.0.0", "protocol_version": "2", "engines": ["celery"], "schedulers": [],
+            "agent_version": "1.13.0", "protocol_version": "2", "engines": ["celery"], "schedulers": [],
         })  # fmt: skip
 
     def recv(self, ftype: FrameType, timeout: float = 10) -> Frame:
@@ -248,6 +248,7 @@ def test_handshake_events_and_signed_ack(real_brain: RealBrain, session: ProbeSe
     assert agent["framework_adapter"] == "bare" and agent["engine_adapters"] == ["celery"]
     assert agent["capabilities"] == {"celery": CELERY_CAPS}
     assert agent["protocol_version"] == "2" and agent["host_name"] == "interop-probe"
+    assert agent["agent_version"] == "1.13.0" and agent["version_status"] == "current"
     assert "probe@127.0.0.1" in {w["name"] for w in real_brain.workers(PROJECT)}
 
 
@@ -339,3 +340,19 @@ def test_retry_command_roundtrip(real_brain: RealBrain, session: ProbeSession) -
                                                      "delivery_claim_token": cmd2.payload["delivery_claim_token"]})  # fmt: skip
     failed = real_brain.wait_command(PROJECT, cmd2.id, timeout=10)
     assert failed["status"] == "failed" and "broker unreachable" in (failed["error"] or "")
+
+
+@pytest.mark.parametrize(("caps", "reason"), [
+    (["cancel_task", "retry_task"], "retry_by_reference_v1"),  # retry without the by-reference attestation
+    (["cancel_task"], "does not advertise 'retry_task'"),
+])  # fmt: skip
+def test_retry_is_refused_without_advertised_capability(
+    real_brain: RealBrain, session: ProbeSession, caps: list[str], reason: str
+) -> None:
+    session.handshake(capabilities={"celery": caps})
+    task_id = f"gate-{uuid.uuid4().hex[:8]}"
+    session.send_events(lifecycle(task_id, "demo.boom", "interop-q", "failed", datetime.now(UTC)))
+    session.recv(FrameType.EVENT_BATCH_ACK)
+    with pytest.raises(BrainHTTPError) as refused:
+        real_brain.command(PROJECT, "retry-task", {"agent_id": session.creds.agent_id, "engine": "celery", "task_id": task_id})
+    assert refused.value.status == 422 and reason in refused.value.body
