@@ -22,12 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from celery import Celery  # noqa: E402
-from celery_app.harness import BACKEND, REDIS_BROKER, Worker, unique_queue  # noqa: E402
+from celery import Celery
+from celery_app.harness import BACKEND, REDIS_BROKER, Worker, unique_queue
 
-from z4j_bare import agent as agent_module  # noqa: E402
-from z4j_bare import install_agent  # noqa: E402
-from z4j_bare.engines.celery import CeleryEngineAdapter  # noqa: E402
+from z4j_bare import agent as agent_module
+from z4j_bare import install_agent
+from z4j_bare.engines.celery import CeleryEngineAdapter
 
 BRAIN_SCRIPT = """
 import json, sys, time

@@ -46,7 +46,9 @@ HEARTBEAT_SECONDS = 10.0
 def _cred(creds: Any, name: str) -> str:
     value = creds.get(name) if isinstance(creds, dict) else getattr(creds, name, None)
     if not value:
-        raise ValueError(f"credentials lack {name!r} (pass the object returned by mint_agent)")
+        raise ValueError(
+            f"credentials lack {name!r} (pass the object returned by mint_agent)"
+        )
     return str(value)
 
 
@@ -57,7 +59,11 @@ def build_events(n: int, run: str) -> list[str]:
     for i in range(n):
         task, step = divmod(i, 3)
         kind = _KINDS[step]
-        data: dict[str, Any] = {"task_name": "bench.noop", "queue": "bench", "worker": "ceiling@127.0.0.1"}
+        data: dict[str, Any] = {
+            "task_name": "bench.noop",
+            "queue": "bench",
+            "worker": "ceiling@127.0.0.1",
+        }
         if kind == "received":
             data.update(args=[task], kwargs={})
         elif kind == "succeeded":
@@ -87,11 +93,18 @@ def measure_ceiling(
     if events < 1 or inflight < 1:
         raise ValueError("events and inflight must be >= 1")
     key = decode_hmac_secret(_cred(creds, "hmac_secret"))
-    url = brain_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + "/ws/agent"
+    url = (
+        brain_url.replace("https://", "wss://", 1)
+        .replace("http://", "ws://", 1)
+        .rstrip("/")
+        + "/ws/agent"
+    )
     texts = build_events(events, uuid.uuid4().hex[:12])
     chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
 
-    ws = websocket.create_connection(url, header=[f"Authorization: Bearer {_cred(creds, 'token')}"], timeout=30)
+    ws = websocket.create_connection(
+        url, header=[f"Authorization: Bearer {_cred(creds, 'token')}"], timeout=30
+    )
     try:
         hello = {
             "protocol_version": "2", "agent_version": "1.13.0", "framework": "bare", "engines": ["celery"],
@@ -99,14 +112,26 @@ def measure_ceiling(
             "worker_id": f"bare-{os.getpid()}-{time.time_ns() // 1_000_000}", "worker_role": "task",
             "worker_pid": os.getpid(), "worker_started_at": utc_now_text(), "runtime_features": [],
         }  # fmt: skip
-        ws.send_binary(encode_unsigned(FrameType.HELLO, new_frame_id("hello_", 16), hello))
+        ws.send_binary(
+            encode_unsigned(FrameType.HELLO, new_frame_id("hello_", 16), hello)
+        )
         ack = parse_frame(ws.recv())
         if ack.type is not FrameType.HELLO_ACK:
             raise RuntimeError(f"expected hello_ack, got {ack.type.value}")
-        binding = SessionBinding(ack.payload["agent_id"], ack.payload["project_id"], ack.payload["session_id"])
+        binding = SessionBinding(
+            ack.payload["agent_id"],
+            ack.payload["project_id"],
+            ack.payload["session_id"],
+        )
         signer, verifier = Signer(key, binding), Verifier(key, binding)
         max_bytes = int(ack.payload.get("max_frame_size_bytes") or 1_048_576)
-        ws.send_binary(signer.sign(FrameType.HEARTBEAT, new_frame_id("hb_"), {"buffer_size": 0, "adapter_health": {}}))
+        ws.send_binary(
+            signer.sign(
+                FrameType.HEARTBEAT,
+                new_frame_id("hb_"),
+                {"buffer_size": 0, "adapter_health": {}},
+            )
+        )
 
         outstanding: dict[str, float] = {}
         latencies: list[float] = []
@@ -120,25 +145,40 @@ def measure_ceiling(
                 frame_id = new_frame_id("ev_", 32)
                 raw = signer.sign_event_batch(frame_id, chunks[next_chunk])
                 if len(raw) > max_bytes:
-                    raise ValueError(f"batch={batch} makes {len(raw)}-byte frames, over the brain's {max_bytes}")
+                    raise ValueError(
+                        f"batch={batch} makes {len(raw)}-byte frames, over the brain's {max_bytes}"
+                    )
                 largest = max(largest, len(raw))
                 outstanding[frame_id] = time.perf_counter()
                 ws.send_binary(raw)
                 next_chunk += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{len(outstanding)} frames unacked after {timeout:.0f} s")
+                raise TimeoutError(
+                    f"{len(outstanding)} frames unacked after {timeout:.0f} s"
+                )
             # a big frame can take the brain minutes to ack: heartbeat meanwhile, as an agent
             # must, or the brain's 90 s idle timeout closes the socket (4408)
             ws.settimeout(min(HEARTBEAT_SECONDS, remaining))
             try:
                 raw_in = ws.recv()
             except websocket.WebSocketTimeoutException:
-                ws.send_binary(signer.sign(FrameType.HEARTBEAT, new_frame_id("hb_"), {"buffer_size": 0, "adapter_health": {}}))
+                ws.send_binary(
+                    signer.sign(
+                        FrameType.HEARTBEAT,
+                        new_frame_id("hb_"),
+                        {"buffer_size": 0, "adapter_health": {}},
+                    )
+                )
                 continue
             frame = verifier.verify(raw_in)
-            if frame.type is FrameType.EVENT_BATCH_ACK and frame.payload.get("acked_id") in outstanding:
-                latencies.append(time.perf_counter() - outstanding.pop(frame.payload["acked_id"]))
+            if (
+                frame.type is FrameType.EVENT_BATCH_ACK
+                and frame.payload.get("acked_id") in outstanding
+            ):
+                latencies.append(
+                    time.perf_counter() - outstanding.pop(frame.payload["acked_id"])
+                )
                 accepted += int(frame.payload.get("accepted", 0))
                 rejected += int(frame.payload.get("rejected", 0))
         elapsed = time.perf_counter() - started
@@ -148,7 +188,9 @@ def measure_ceiling(
     lat_ms = sorted(x * 1000 for x in latencies)
     return {
         "events_per_s": round(events / elapsed, 1),
-        "tasks_per_s": round(-(-events // 3) / elapsed, 1),  # each task = received+started+succeeded
+        "tasks_per_s": round(
+            -(-events // 3) / elapsed, 1
+        ),  # each task = received+started+succeeded
         "frames_per_s": round(len(chunks) / elapsed, 2),
         "events": events,
         "batch": batch,
@@ -175,12 +217,30 @@ def _load_realbrain():
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--real-brain", action="store_true", help="start a fresh z4j 1.13.0 brain for the run")
-    parser.add_argument("--sizes", default="1,50,500,2000", help="comma-separated batch sizes to sweep")
-    parser.add_argument("--events", type=int, default=3000, help="events per run (batch sizes < 50 use --small-events)")
-    parser.add_argument("--small-events", type=int, default=300, help="events per run for batch sizes < 50")
+    parser.add_argument(
+        "--real-brain",
+        action="store_true",
+        help="start a fresh z4j 1.13.0 brain for the run",
+    )
+    parser.add_argument(
+        "--sizes", default="1,50,500,2000", help="comma-separated batch sizes to sweep"
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=3000,
+        help="events per run (batch sizes < 50 use --small-events)",
+    )
+    parser.add_argument(
+        "--small-events",
+        type=int,
+        default=300,
+        help="events per run for batch sizes < 50",
+    )
     parser.add_argument("--inflight", type=int, default=4)
-    parser.add_argument("--json", action="store_true", help="print one JSON object per run")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object per run"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
@@ -192,13 +252,20 @@ def main(argv: list[str] | None = None) -> int:
         url = brain.url
     else:
         url = os.environ.get("Z4J_BRAIN_URL", "")
-        creds = {"token": os.environ.get("Z4J_TOKEN"), "hmac_secret": os.environ.get("Z4J_HMAC_SECRET")}
+        creds = {
+            "token": os.environ.get("Z4J_TOKEN"),
+            "hmac_secret": os.environ.get("Z4J_HMAC_SECRET"),
+        }
         if not url:
-            parser.error("set Z4J_BRAIN_URL, Z4J_TOKEN and Z4J_HMAC_SECRET, or pass --real-brain")
+            parser.error(
+                "set Z4J_BRAIN_URL, Z4J_TOKEN and Z4J_HMAC_SECRET, or pass --real-brain"
+            )
     try:
         for size in sizes:
             n = args.small_events if size < 50 else args.events
-            result = measure_ceiling(url, creds, events=n, batch=size, inflight=args.inflight)
+            result = measure_ceiling(
+                url, creds, events=n, batch=size, inflight=args.inflight
+            )
             if args.json:
                 print(json.dumps(result), flush=True)
             else:

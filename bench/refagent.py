@@ -49,7 +49,7 @@ def _check(python: Path) -> str | None:
     if not python.is_file():
         return None
     try:
-        out = subprocess.run([str(python), "-I", "-c", IMPORT_CHECK], capture_output=True, text=True,
+        out = subprocess.run([str(python), "-I", "-c", IMPORT_CHECK], capture_output=True, text=True, check=False,
                              timeout=120, cwd="/")  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -65,19 +65,39 @@ def ensure_ref_venv(venv: Path | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (venv / _MARKER).is_file() and _check(python):
             return venv
-        print(f"refagent: installing the reference agent into {venv}", file=sys.stderr, flush=True)
+        print(
+            f"refagent: installing the reference agent into {venv}",
+            file=sys.stderr,
+            flush=True,
+        )
         shutil.rmtree(venv, ignore_errors=True)
         base = getattr(sys, "_base_executable", None) or sys.executable
         for cmd, what in (
             ([base, "-m", "venv", str(venv)], "create the venv"),
-            ([str(python), "-m", "pip", "install", "--quiet", *REFERENCE_REQUIREMENTS], "pip install"),
+            (
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    *REFERENCE_REQUIREMENTS,
+                ],
+                "pip install",
+            ),
         ):
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd="/")
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, check=False, timeout=900, cwd="/"
+            )
             if out.returncode != 0:
                 tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-15:])
-                raise RefAgentError(f"could not {what} for the reference agent (exit {out.returncode}):\n{tail}")
+                raise RefAgentError(
+                    f"could not {what} for the reference agent (exit {out.returncode}):\n{tail}"
+                )
         if not _check(python):
-            raise RefAgentError(f"{venv}: the reference agent installed but does not import")
+            raise RefAgentError(
+                f"{venv}: the reference agent installed but does not import"
+            )
         (venv / _MARKER).write_text("\n".join(REFERENCE_REQUIREMENTS) + "\n")
         return venv
 

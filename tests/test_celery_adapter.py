@@ -7,7 +7,13 @@ import time
 
 import pytest
 from celery import Celery
-from celery_app.harness import AMQP_BROKER, BACKEND, REDIS_BROKER, clean_queue, unique_queue
+from celery_app.harness import (
+    AMQP_BROKER,
+    BACKEND,
+    REDIS_BROKER,
+    clean_queue,
+    unique_queue,
+)
 from kombu import Connection
 
 from z4j_bare import install_agent

@@ -73,7 +73,7 @@ def one(brain, task_id, kind, timeout=20.0):
 def run_lifecycle(brain, worker: Worker) -> None:
     app = producer(worker.broker)
     q, node = worker.queue, worker.nodename
-    ok = app.send_task("z4jtest.add", args=(2, 3), kwargs={"password": "hunter2"} and {}, queue=q)
+    ok = app.send_task("z4jtest.add", args=(2, 3), kwargs={}, queue=q)
     bad = app.send_task("z4jtest.fail", args=("boom happened",), queue=q)
     flaky = app.send_task("z4jtest.flaky", args=(21,), queue=q)
     secret = app.send_task("z4jtest.add", args=(1, 1), kwargs={}, queue=q, headers={"x-trace": "abc"})

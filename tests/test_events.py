@@ -29,3 +29,23 @@ def test_encoded_event_is_canonical_and_complete():
     event = json.loads(text)
     assert list(event) == sorted(event) and set(event) == {"id", "kind", "engine", "task_id", "occurred_at", "data"}
     assert json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False) == text
+
+
+def test_forked_children_do_not_repeat_parent_ids():
+    import os
+
+    new_event_id()  # fill this thread's pool
+    read, write = os.pipe()
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, (new_event_id() + "\n").encode())
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    os.close(write)
+    child_ids = os.read(read, 4096).decode().split()
+    parent_next = new_event_id()
+    assert len(set(child_ids + [parent_next])) == 3

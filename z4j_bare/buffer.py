@@ -149,7 +149,7 @@ def _after_fork_parent() -> None:
 
 def _after_fork_child() -> None:
     for store in list(_STORES):
-        store._forked(hooks_ran=True)
+        store._forked()
 
 
 if hasattr(os, "register_at_fork"):
@@ -421,30 +421,22 @@ class BufferStore:
     # ------------------------------------------------------------------ fork handling
 
     def _quiesce_for_fork(self) -> None:
+        # Hold our locks across fork() so no thread of ours is inside SQLite (holding one of its
+        # global mutexes) at the moment the child is copied. The connections stay open: closing
+        # them here cost the parent a reopen on every fork (RQ forks once per job).
         self._wlock.acquire()
         self._rlock.acquire()
-        if self._pid != os.getpid():
-            return
-        for name in ("_wconn", "_rconn"):
-            conn = getattr(self, name)
-            if conn is not None:
-                setattr(self, name, None)
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
 
     def _resume_after_fork(self) -> None:
         self._rlock.release()
         self._wlock.release()
 
-    def _forked(self, *, hooks_ran: bool) -> None:
+    def _forked(self) -> None:
         """First moment in a child: forget the parent's handles without touching them."""
-        if not hooks_ran:
-            # Forked behind our back (no at-fork hooks): the parent's connections may hold
-            # SQLite state; closing them here could drop the parent's locks, so keep them
-            # referenced forever and never use them.
-            _GRAVEYARD.extend(c for c in (self._wconn, self._rconn) if c is not None)
+        # The parent's connections carry its SQLite state (and its POSIX locks' bookkeeping):
+        # closing them here could drop the parent's locks or checkpoint under it, so the child
+        # keeps them referenced forever and never uses them.
+        _GRAVEYARD.extend(c for c in (self._wconn, self._rconn) if c is not None)
         self._wconn = self._rconn = None
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
@@ -457,7 +449,7 @@ class BufferStore:
 
     def _ensure_process(self) -> None:
         if self._pid != os.getpid():
-            self._forked(hooks_ran=False)
+            self._forked()
 
     def _writer(self) -> sqlite3.Connection:
         """Caller holds ``_wlock``."""
@@ -1001,7 +993,7 @@ class BufferStore:
         if self._closed:
             return
         if self._pid != os.getpid():
-            self._forked(hooks_ran=False)
+            self._forked()
         remove = False
         if self.owner:
             self._flush_loss()

@@ -121,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at write time (it may be swapped after configuration)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str, *, json_lines: bool = False) -> None:
     import logging
 
@@ -137,7 +147,7 @@ def configure_logging(level: str, *, json_lines: bool = False) -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
         cache_logger_on_first_use=False,
     )
 
@@ -320,25 +330,46 @@ def cmd_brain(args: argparse.Namespace) -> int:
         print(f"z4j-bare brain: the local brain is unavailable ({exc}); install the extra: "
               "pip install 'z4j-bare[brain]'", file=sys.stderr)
         return EXIT_USAGE
-    return int(module.main(list(args.brain_args)) or 0)
+    return _call(module.main, list(args.brain_args))
+
+
+def _call(entry: Any, argv: list[str]) -> int:
+    try:
+        return int(entry(argv) or 0)
+    except SystemExit as exc:  # an argparse --help or usage error inside the sub-command
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    return int(demo.main(list(args.demo_args)) or 0)
+    return _call(demo.main, list(args.demo_args))
 
 
 COMMANDS = {"doctor": cmd_doctor, "run": cmd_run, "status": cmd_status, "statechart": cmd_statechart,
             "brain": cmd_brain, "demo": cmd_demo, "version": cmd_version}
 
 
+def _passthrough_index(argv: list[str]) -> int | None:
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--log-level" else 1
+    return i if i < len(argv) and argv[i] in ("brain", "demo") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `brain` and `demo` own everything after their name (argparse's REMAINDER would refuse a
+    # leading option such as `demo --no-redis`).
+    split = _passthrough_index(argv)
+    head, tail = (argv[: split + 1], argv[split + 1:]) if split is not None else (argv, [])
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(head)
     except SystemExit as exc:  # argparse: --help exits 0, a usage error 2
         return int(exc.code or 0)
+    if split is not None:
+        setattr(args, f"{args.command}_args", tail)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

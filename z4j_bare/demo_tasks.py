@@ -41,7 +41,7 @@ app = make_app()
 
 
 @worker_init.connect
-def _install_agent(sender=None, **_kwargs):  # noqa: ANN001 - Celery signal signature
+def _install_agent(sender=None, **_kwargs):
     from z4j_bare import install_agent
     from z4j_bare.engines.celery import CeleryEngineAdapter
 
@@ -72,7 +72,7 @@ def fail(reason: str) -> None:
 
 
 @app.task(name="demo.flaky", bind=True, max_retries=2)
-def flaky(self, n: int) -> int:  # noqa: ANN001
+def flaky(self, n: int) -> int:
     # Fails on the first attempt and retries itself: shows task.retried, then success.
     if self.request.retries == 0:
         raise self.retry(exc=RuntimeError("transient glitch"), countdown=0.2)

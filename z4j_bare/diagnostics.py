@@ -21,8 +21,8 @@ The reference doctor reports success with a wrong token or a wrong HMAC secret; 
 fails ``hello`` (close 4401) or ``hmac`` (close 4403, or a reply that does not verify).
 
 Side effects on the brain: the doctor's hello is a real agent hello, so the brain marks the
-agent online and records the doctor's engine list (``doctor``) until the real worker's next
-hello; a pending command the brain pushes to the doctor's session is answered ``failed``
+agent online and records the doctor's engine list (``doctor``, no capabilities) until the real
+worker's next hello, so run it before the worker starts or restart the worker after it; a pending command the brain pushes to the doctor's session is answered ``failed``
 ("not executed"), never silently swallowed. docs/troubleshooting.md explains both.
 """
 
@@ -67,7 +67,7 @@ from .protocol import (
 )
 from .transport import Connection, TlsSettings, TransportError
 
-__all__ = ["SCHEMA", "PROBE_NAMES", "ProbeResult", "DoctorReport", "DoctorEngine", "run_doctor", "buffer_status"]
+__all__ = ["PROBE_NAMES", "SCHEMA", "DoctorEngine", "DoctorReport", "ProbeResult", "buffer_status", "run_doctor"]
 
 log = structlog.get_logger("z4j_bare.diagnostics")
 
@@ -361,16 +361,16 @@ def _tls(config: Config, host: str, port: int, timeout: float) -> ProbeResult:
 def _close_problem(code: int | None, *, after_signed: bool) -> tuple[str, str]:
     """What a close code from the brain means for the user, and what to do."""
     if code == CloseCode.UNAUTHORIZED:
-        return ("the brain refused the token (close 4401: unknown, malformed or revoked token, or the "
-                "agent's project is archived)",
-                "set Z4J_TOKEN to the token shown when this agent was created in the brain (it is shown once; "
-                "rotate it there if lost); check it belongs to this brain and the agent is not revoked")
+        return (("the brain refused the token (close 4401: unknown, malformed or revoked token, or the "
+                "agent's project is archived)"),
+                ("set Z4J_TOKEN to the token shown when this agent was created in the brain (it is shown once; "
+                "rotate it there if lost); check it belongs to this brain and the agent is not revoked"))
     if code == CloseCode.FORBIDDEN and after_signed:
         return (f"{_HMAC_MISMATCH} (the brain closed 4403 on our signed frame)", _HMAC_FIX)
     if code == CloseCode.FORBIDDEN:
         return ("the brain refused this host's address (close 4403 before authentication)",
-                "add this host's source address to the brain's Z4J_AGENT_IP_ALLOWLIST (or fix the "
-                "trusted-proxy settings so the brain sees the real client address)")
+                ("add this host's source address to the brain's Z4J_AGENT_IP_ALLOWLIST (or fix the "
+                "trusted-proxy settings so the brain sees the real client address)"))
     if code == CloseCode.REVOKED:
         return ("the agent was revoked or its project archived (close 4003)",
                 "create a new agent in the brain and use its token and hmac secret")
@@ -413,7 +413,8 @@ def _doctor_hello() -> dict[str, Any]:
     return {
         "protocol_version": PROTOCOL_VERSION_TEXT, "agent_version": COMPAT_AGENT_VERSION, "framework": "bare",
         "engines": [DoctorEngine.name], "schedulers": [], "capabilities": {DoctorEngine.name: []},
-        "host": {"name": "z4j-bare doctor"},
+        # Empty host: the brain then keeps the display name the real worker sent.
+        "host": {},
         # A worker slot of its own: never displaces (4002) the real worker's session.
         "worker_id": f"doctor-{os.getpid()}-{int(now * 1000)}", "worker_role": "other",
         "worker_pid": os.getpid(), "runtime_features": [],

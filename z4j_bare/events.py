@@ -8,6 +8,7 @@ stores and what the signer splices into frames, so it is never re-encoded and it
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -53,11 +54,29 @@ def occurred_at_text(timestamp: float | None = None) -> str:
 
 
 _VARIANT = "89ab"
+_POOL_BYTES = 4096
+_pool = threading.local()
+
+
+def _reset_pool() -> None:
+    # A forked child must never replay its parent's pre-fetched randomness (duplicate ids).
+    global _pool
+    _pool = threading.local()
+
+
+os.register_at_fork(after_in_child=_reset_pool)
 
 
 def new_event_id() -> str:
-    """A random UUID version 4 (the brain dedupes on v4/v7 ids), formatted without uuid.UUID."""
-    h = os.urandom(16).hex()
+    """A random UUID version 4 (the brain dedupes on v4/v7 ids), formatted without uuid.UUID.
+
+    Randomness is fetched 4 KiB at a time per thread: one getrandom() call per 256 ids.
+    """
+    pool = _pool
+    hexed = getattr(pool, "hex", "")
+    if not hexed:
+        hexed = os.urandom(_POOL_BYTES).hex()
+    h, pool.hex = hexed[:32], hexed[32:]
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 

@@ -171,6 +171,8 @@ class AgentRuntime:
             thread = self._thread
             first = not self._stop_event.is_set()
             if first:
+                for adapter in self.engines.values():
+                    safe_call(adapter.flush, site="runtime.flush_adapter")
                 self._stop_deadline = deadline - min(0.5, timeout * 0.2)
                 self._stop_event.set()
                 self._requests.put("stop")

@@ -14,16 +14,21 @@ def real_brain(tmp_path_factory: pytest.TempPathFactory):
     Installing or starting the brain failing is a test failure, never a skip: an interop run
     that silently proves nothing is worse than a red one.
     """
+    problem = None
     try:
         ensure_brain_venv(log=lambda msg: print(msg, flush=True))
     except BrainError as exc:
-        pytest.fail(f"cannot install the real brain for interop tests: {exc}", pytrace=False)
+        problem = f"cannot install the real brain for interop tests: {exc}"
+    if problem:
+        pytest.fail(problem, pytrace=False)
     brain = RealBrain(home=tmp_path_factory.mktemp("real-brain-home"))
     try:
         brain.start(timeout=120)
     except BrainError as exc:
         brain.stop()
-        pytest.fail(f"cannot start the real brain: {exc}", pytrace=False)
+        problem = f"cannot start the real brain: {exc}"
+    if problem:
+        pytest.fail(problem, pytrace=False)
     try:
         yield brain
     finally:

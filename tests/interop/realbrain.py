@@ -32,9 +32,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Self
 
 BRAIN_REQUIREMENT = "z4j==1.13.0"
 BRAIN_VERSION = "1.13.0"
@@ -107,7 +108,13 @@ def _venv_works(venv: Path) -> bool:
     if not (venv / _MARKER).is_file() or not exe.is_file():
         return False
     try:
-        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [str(exe), "--version"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.returncode == 0 and BRAIN_VERSION in (out.stdout + out.stderr)
@@ -131,25 +138,49 @@ def ensure_brain_venv(venv: Path | None = None, *, log=print) -> Path:
         base_python = getattr(sys, "_base_executable", None) or sys.executable
         _run([base_python, "-m", "venv", str(venv)], "create the brain virtualenv")
         _run(
-            [str(_venv_bin(venv, "python")), "-m", "pip", "install", "--quiet", BRAIN_REQUIREMENT],
+            [
+                str(_venv_bin(venv, "python")),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                BRAIN_REQUIREMENT,
+            ],
             f"pip install {BRAIN_REQUIREMENT} (needs the package index; set PIP_INDEX_URL if offline)",
             timeout=900,
         )
         (venv / _MARKER).write_text(BRAIN_REQUIREMENT + "\n")
         if not _venv_works(venv):
             (venv / _MARKER).unlink(missing_ok=True)
-            raise BrainError(f"{venv}: `z4j --version` does not report {BRAIN_VERSION} after install")
+            raise BrainError(
+                f"{venv}: `z4j --version` does not report {BRAIN_VERSION} after install"
+            )
         return venv
 
 
 def _run(cmd: list[str], what: str, timeout: float = 300) -> None:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, timeout=timeout
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BrainError(f"could not {what}: {exc}") from None
     if out.returncode != 0:
         tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-15:])
         raise BrainError(f"could not {what} (exit {out.returncode}):\n{tail}")
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the brain if the process (thread) that started it dies, even by SIGKILL,
+    so a killed pytest never leaves a brain behind. Best effort elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(
+            1, signal.SIGTERM
+        )  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -182,7 +213,9 @@ class RealBrain:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
         self._jar = http.cookiejar.CookieJar()
-        self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self._jar))
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(self._jar)
+        )
         self._logged_in = False
         self._project_uuids: dict[str, str] = {}
 
@@ -208,18 +241,23 @@ class RealBrain:
     def log_path(self) -> Path:
         return self.home / "brain.log"
 
-    def start(self, timeout: float = 90) -> "RealBrain":
+    def start(self, timeout: float = 90) -> Self:
         if self.running:
             return self
         ensure_brain_venv(self.venv)
         self.home.mkdir(parents=True, exist_ok=True)
         explicit = self.port is not None
-        attempts = 1 if explicit else 3  # a probed free port can be taken before the brain binds it
+        attempts = (
+            1 if explicit else 3
+        )  # a probed free port can be taken before the brain binds it
         for attempt in range(attempts):
             try:
                 self._spawn(self.port if explicit else free_port(), timeout)
                 return self
-            except BrainError:
+            except BaseException as exc:
+                if not isinstance(exc, BrainError):  # Ctrl-C / SIGTERM while booting
+                    self.stop()
+                    raise
                 clash = "address already in use" in self.log_tail(8).lower()
                 self.stop()
                 if not explicit:
@@ -241,20 +279,25 @@ class RealBrain:
             str(_venv_bin(self.venv, "z4j")), "serve", "--host", "127.0.0.1", "--port", str(port),
             "--admin-email", self.admin_email, "--admin-password", self._admin_password,
         ]  # fmt: skip
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the brain; closed in stop()
         # own session = own process group, so stop() can kill uvicorn and anything it forked
         self._proc = subprocess.Popen(
             cmd, cwd=self.home, env=env, stdin=subprocess.DEVNULL,
             stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl, async-signal-safe
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise BrainError(f"z4j serve exited with {self._proc.returncode}:\n{self.log_tail()}")
+                raise BrainError(
+                    f"z4j serve exited with {self._proc.returncode}:\n{self.log_tail()}"
+                )
             if self._health_ok():
                 return
             time.sleep(0.25)
-        raise BrainError(f"z4j serve not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+        raise BrainError(
+            f"z4j serve not healthy after {timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def _health_ok(self) -> bool:
         try:
@@ -283,7 +326,7 @@ class RealBrain:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> "RealBrain":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -304,7 +347,9 @@ class RealBrain:
                 return cookie.value
         return None
 
-    def request(self, method: str, path: str, body: Any = None, *, _retry: bool = True) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, *, _retry: bool = True
+    ) -> Any:
         """JSON request against ``/api/v1``; logs in first; raises BrainHTTPError on >= 400."""
         if not self._logged_in and path != "/auth/login":
             self.login()
@@ -315,7 +360,9 @@ class RealBrain:
             headers["Content-Type"] = "application/json"
         if method != "GET" and (csrf := self._csrf()):
             headers["X-CSRF-Token"] = csrf
-        req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method, headers=headers)
+        req = urllib.request.Request(
+            self.url + "/api/v1" + path, data=data, method=method, headers=headers
+        )
         try:
             with self._opener.open(req, timeout=30) as resp:
                 raw = resp.read()
@@ -328,7 +375,11 @@ class RealBrain:
         return json.loads(raw) if raw else None
 
     def login(self) -> None:
-        self.request("POST", "/auth/login", {"email": self.admin_email, "password": self._admin_password})
+        self.request(
+            "POST",
+            "/auth/login",
+            {"email": self.admin_email, "password": self._admin_password},
+        )
         self._logged_in = True
 
     def ensure_project(self, slug: str, name: str | None = None) -> str:
@@ -336,7 +387,9 @@ class RealBrain:
         if slug in self._project_uuids:
             return self._project_uuids[slug]
         try:
-            project = self.request("POST", "/projects", {"slug": slug, "name": name or slug})
+            project = self.request(
+                "POST", "/projects", {"slug": slug, "name": name or slug}
+            )
         except BrainHTTPError as exc:
             # 409 means "exists" but also "slug must match ^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$"
             if exc.status != 409:
@@ -350,7 +403,9 @@ class RealBrain:
         self._project_uuids[slug] = project["id"]
         return project["id"]
 
-    def mint_agent(self, project: str = "interop", name: str = "agent-1") -> BrainCredentials:
+    def mint_agent(
+        self, project: str = "interop", name: str = "agent-1"
+    ) -> BrainCredentials:
         project_uuid = self.ensure_project(project)
         minted = self.request("POST", f"/projects/{_q(project)}/agents", {"name": name})
         return BrainCredentials(
@@ -364,14 +419,19 @@ class RealBrain:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def tasks(self, project: str, state: str | None = None, *, limit: int = 500) -> list[dict[str, Any]]:
+    def tasks(
+        self, project: str, state: str | None = None, *, limit: int = 500
+    ) -> list[dict[str, Any]]:
         """Every task row of the project (all pages). ``state`` is lower-case on this brain."""
         params: dict[str, Any] = {"limit": limit}
         if state:
             params["state"] = state.lower()
         rows: list[dict[str, Any]] = []
         while True:
-            page = self.request("GET", f"/projects/{_q(project)}/tasks?" + urllib.parse.urlencode(params))
+            page = self.request(
+                "GET",
+                f"/projects/{_q(project)}/tasks?" + urllib.parse.urlencode(params),
+            )
             rows.extend(page["items"])
             cursor = page.get("next_cursor")
             if not cursor:
@@ -382,12 +442,16 @@ class RealBrain:
         params: dict[str, Any] = {"limit": 1, "include_total": "true"}
         if state:
             params["state"] = state.lower()
-        page = self.request("GET", f"/projects/{_q(project)}/tasks?" + urllib.parse.urlencode(params))
+        page = self.request(
+            "GET", f"/projects/{_q(project)}/tasks?" + urllib.parse.urlencode(params)
+        )
         return int(page.get("total_count") or 0)
 
     def task(self, project: str, engine: str, task_id: str) -> dict[str, Any] | None:
         try:
-            return self.request("GET", f"/projects/{_q(project)}/tasks/{_q(engine)}/{_q(task_id)}")
+            return self.request(
+                "GET", f"/projects/{_q(project)}/tasks/{_q(engine)}/{_q(task_id)}"
+            )
         except BrainHTTPError as exc:
             if exc.status == 404:
                 return None
@@ -405,11 +469,17 @@ class RealBrain:
         wanted = {s.lower() for s in states}
         deadline = time.monotonic() + timeout
         while True:
-            rows = [t for t in self.tasks(project) if str(t.get("state", "")).lower() in wanted]
+            rows = [
+                t
+                for t in self.tasks(project)
+                if str(t.get("state", "")).lower() in wanted
+            ]
             if len(rows) >= n:
                 return rows
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"{len(rows)} of {n} tasks reached {sorted(wanted)} within {timeout:.0f} s")
+                raise TimeoutError(
+                    f"{len(rows)} of {n} tasks reached {sorted(wanted)} within {timeout:.0f} s"
+                )
             time.sleep(poll)
 
     def agents(self, project: str) -> list[dict[str, Any]]:
@@ -428,12 +498,16 @@ class RealBrain:
 
     def command(self, project: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         """Issue an operator command (``kind`` is the route, e.g. ``retry-task``); 202 record."""
-        return self.request("POST", f"/projects/{_q(project)}/commands/{_q(kind)}", body)
+        return self.request(
+            "POST", f"/projects/{_q(project)}/commands/{_q(kind)}", body
+        )
 
     def get_command(self, project: str, command_id: str) -> dict[str, Any]:
         return self.request("GET", f"/projects/{_q(project)}/commands/{_q(command_id)}")
 
-    def wait_command(self, project: str, command_id: str, timeout: float = 30, poll: float = 0.1) -> dict[str, Any]:
+    def wait_command(
+        self, project: str, command_id: str, timeout: float = 30, poll: float = 0.1
+    ) -> dict[str, Any]:
         """Poll until the command leaves pending/dispatched; returns the final record."""
         deadline = time.monotonic() + timeout
         while True:
@@ -441,7 +515,9 @@ class RealBrain:
             if record["status"] in _TERMINAL_COMMAND_STATES:
                 return record
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"command {command_id} still {record['status']} after {timeout:.0f} s")
+                raise TimeoutError(
+                    f"command {command_id} still {record['status']} after {timeout:.0f} s"
+                )
             time.sleep(poll)
 
 
@@ -454,23 +530,45 @@ def _q(part: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="realbrain", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="realbrain", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("install", help="ensure the cached brain virtualenv and print its path")
-    serve = sub.add_parser("serve", help="run a fresh brain in the foreground until Ctrl-C")
-    serve.add_argument("--home", required=True, help="Z4J_HOME for this brain (created if missing)")
+    sub.add_parser(
+        "install", help="ensure the cached brain virtualenv and print its path"
+    )
+    serve = sub.add_parser(
+        "serve", help="run a fresh brain in the foreground until Ctrl-C"
+    )
+    serve.add_argument(
+        "--home", required=True, help="Z4J_HOME for this brain (created if missing)"
+    )
     serve.add_argument("--port", type=int, default=7700)
-    serve.add_argument("--project", default="default", help="project slug to mint an agent in")
-    serve.add_argument("--mint", metavar="NAME", help="mint an agent and print its Z4J_* environment")
+    serve.add_argument(
+        "--project", default="default", help="project slug to mint an agent in"
+    )
+    serve.add_argument(
+        "--mint", metavar="NAME", help="mint an agent and print its Z4J_* environment"
+    )
     args = parser.parse_args(argv)
 
     if args.cmd == "install":
         print(ensure_brain_venv())
         return 0
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM must still run the cleanup below, not orphan the brain
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     with RealBrain(home=args.home, port=args.port) as brain:
-        print(f"brain ready at {brain.url} (admin {brain.admin_email} / {ADMIN_PASSWORD}); log {brain.log_path}")
+        print(
+            f"brain ready at {brain.url} (admin {brain.admin_email} / {ADMIN_PASSWORD}); log {brain.log_path}"
+        )
         if args.mint:
-            for key, value in brain.mint_agent(args.project, args.mint).as_env().items():
+            for key, value in (
+                brain.mint_agent(args.project, args.mint).as_env().items()
+            ):
                 print(f"export {key}={value}")
         try:
             while brain.running:

@@ -78,36 +78,50 @@ class ProbeSession:
     def __init__(self, creds: BrainCredentials, token: str | None = None) -> None:
         self.creds = creds
         self.ws = websocket.create_connection(
-            ws_url(creds.brain_url), header=[f"Authorization: Bearer {token or creds.token}"], timeout=10
+            ws_url(creds.brain_url),
+            header=[f"Authorization: Bearer {token or creds.token}"],
+            timeout=10,
         )
         self.ack: dict[str, Any] = {}
         self.signer: Signer | None = None
         self.verifier: Verifier | None = None
 
     def send_hello(self, **overrides: Any) -> None:
-        self.ws.send_binary(encode_unsigned(FrameType.HELLO, new_frame_id("hello_", 16), hello_payload(**overrides)))
+        self.ws.send_binary(
+            encode_unsigned(
+                FrameType.HELLO, new_frame_id("hello_", 16), hello_payload(**overrides)
+            )
+        )
 
     def handshake(self, **overrides: Any) -> dict[str, Any]:
         self.send_hello(**overrides)
         frame = parse_frame(self.ws.recv())
         assert frame.type is FrameType.HELLO_ACK, frame
         self.ack = frame.payload
-        binding = SessionBinding(self.ack["agent_id"], self.ack["project_id"], self.ack["session_id"])
+        binding = SessionBinding(
+            self.ack["agent_id"], self.ack["project_id"], self.ack["session_id"]
+        )
         key = decode_hmac_secret(self.creds.hmac_secret)
         self.signer, self.verifier = Signer(key, binding), Verifier(key, binding)
         return self.ack
 
-    def sign(self, ftype: FrameType | str, frame_id: str, payload: dict[str, Any]) -> bytes:
+    def sign(
+        self, ftype: FrameType | str, frame_id: str, payload: dict[str, Any]
+    ) -> bytes:
         assert self.signer is not None, "handshake first"
         return self.signer.sign(ftype, frame_id, payload)
 
-    def send(self, ftype: FrameType | str, frame_id: str, payload: dict[str, Any]) -> None:
+    def send(
+        self, ftype: FrameType | str, frame_id: str, payload: dict[str, Any]
+    ) -> None:
         self.ws.send_binary(self.sign(ftype, frame_id, payload))
 
     def send_events(self, events: list[dict[str, Any]]) -> str:
         assert self.signer is not None, "handshake first"
         frame_id = new_frame_id("ev_", 32)
-        self.ws.send_binary(self.signer.sign_event_batch(frame_id, [canonical_text(e) for e in events]))
+        self.ws.send_binary(
+            self.signer.sign_event_batch(frame_id, [canonical_text(e) for e in events])
+        )
         return frame_id
 
     def heartbeat_and_status(self) -> None:
@@ -168,7 +182,9 @@ def task_event(kind: str, task_id: str, at: datetime, **data: Any) -> dict[str, 
     }
 
 
-def lifecycle(task_id: str, name: str, queue: str, end: str | None, t0: datetime) -> list[dict[str, Any]]:
+def lifecycle(
+    task_id: str, name: str, queue: str, end: str | None, t0: datetime
+) -> list[dict[str, Any]]:
     """received -> started [-> succeeded|failed] for one task, 1 ms apart."""
     base = {"task_name": name, "queue": queue, "worker": "probe@127.0.0.1"}
     events = [
@@ -177,7 +193,9 @@ def lifecycle(task_id: str, name: str, queue: str, end: str | None, t0: datetime
     ]
     end_at = t0 + timedelta(milliseconds=2)
     if end == "succeeded":
-        events.append(task_event("succeeded", task_id, end_at, **base, result="5", runtime_ms=12))
+        events.append(
+            task_event("succeeded", task_id, end_at, **base, result="5", runtime_ms=12)
+        )
     elif end == "failed":
         events.append(task_event("failed", task_id, end_at, **base, exception="ValueError",
                                  exception_message="ValueError('boom')", traceback="Traceback ...", runtime_ms=3))  # fmt: skip
@@ -191,20 +209,26 @@ def wait_for(predicate, timeout: float = 5, what: str = "condition"):
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s (last: {value!r})")
+            raise AssertionError(
+                f"{what} not reached within {timeout} s (last: {value!r})"
+            )
         time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def test_handshake_events_and_signed_ack(real_brain: RealBrain, session: ProbeSession) -> None:
+def test_handshake_events_and_signed_ack(
+    real_brain: RealBrain, session: ProbeSession
+) -> None:
     creds = session.creds
     ack = session.handshake()
     assert ack["protocol_version"] == "2"
     assert ack["brain_version"] == "1.13.0"
     assert ack["agent_id"] == creds.agent_id
-    assert ack["project_id"] == creds.project_uuid  # the UUID, while Z4J_PROJECT_ID is the slug
+    assert (
+        ack["project_id"] == creds.project_uuid
+    )  # the UUID, while Z4J_PROJECT_ID is the slug
     assert uuid.UUID(ack["session_id"])
     assert ack["heartbeat_interval_seconds"] == 10
     assert ack["max_frame_size_bytes"] == 1_048_576
@@ -219,25 +243,44 @@ def test_handshake_events_and_signed_ack(real_brain: RealBrain, session: ProbeSe
         + lifecycle(busy, "demo.slow", "slow-q", None, t0)
     )
     batch_id = session.send_events(events)
-    frame = session.recv(FrameType.EVENT_BATCH_ACK)  # Verifier checked hmac, seq, nonce and ts
+    frame = session.recv(
+        FrameType.EVENT_BATCH_ACK
+    )  # Verifier checked hmac, seq, nonce and ts
     assert frame.id == f"eba_{batch_id}"[:64]
     assert frame.seq == 1
-    assert frame.payload == {"acked_id": batch_id, "received": 8, "accepted": 8, "rejected": 0}
+    assert frame.payload == {
+        "acked_id": batch_id,
+        "received": 8,
+        "accepted": 8,
+        "rejected": 0,
+    }
 
     # same events (same occurred_at) in a new frame: acked, and deduplicated by the brain
     again = session.send_events(events)
     dup = session.recv(FrameType.EVENT_BATCH_ACK)
-    assert dup.payload == {"acked_id": again, "received": 8, "accepted": 0, "rejected": 8}
+    assert dup.payload == {
+        "acked_id": again,
+        "received": 8,
+        "accepted": 0,
+        "rejected": 8,
+    }
 
     rows = wait_for(lambda: [real_brain.task(PROJECT, "celery", t) for t in (ok, bad, busy)]
                     if all(real_brain.task(PROJECT, "celery", t) for t in (ok, bad, busy)) else None,
                     what="three task rows")  # fmt: skip
     by_id = {r["task_id"]: r for r in rows}
     assert by_id[ok]["state"] == "success" and by_id[ok]["name"] == "demo.add"
-    assert by_id[ok]["queue"] == "interop-q" and by_id[ok]["result"] == "5" and by_id[ok]["runtime_ms"] == 12
+    assert (
+        by_id[ok]["queue"] == "interop-q"
+        and by_id[ok]["result"] == "5"
+        and by_id[ok]["runtime_ms"] == 12
+    )
     assert by_id[ok]["args"] == [2, 3] and by_id[ok]["worker_name"] == "probe@127.0.0.1"
     assert by_id[bad]["state"] == "failure" and by_id[bad]["name"] == "demo.boom"
-    assert by_id[bad]["exception"] == "ValueError" and by_id[bad]["traceback"] == "Traceback ..."
+    assert (
+        by_id[bad]["exception"] == "ValueError"
+        and by_id[bad]["traceback"] == "Traceback ..."
+    )
     assert by_id[busy]["state"] == "started" and by_id[busy]["queue"] == "slow-q"
     assert by_id[busy]["finished_at"] is None
     assert {r["task_id"] for r in real_brain.tasks(PROJECT, state="failure")} >= {bad}
@@ -245,7 +288,9 @@ def test_handshake_events_and_signed_ack(real_brain: RealBrain, session: ProbeSe
     agent = real_brain.agent(PROJECT, creds.agent_id)
     assert agent is not None
     assert agent["state"] == "online"
-    assert agent["framework_adapter"] == "bare" and agent["engine_adapters"] == ["celery"]
+    assert agent["framework_adapter"] == "bare" and agent["engine_adapters"] == [
+        "celery"
+    ]
     assert agent["capabilities"] == {"celery": CELERY_CAPS}
     assert agent["protocol_version"] == "2" and agent["host_name"] == "interop-probe"
     assert agent["agent_version"] == "1.13.0" and agent["version_status"] == "current"
@@ -264,15 +309,23 @@ def test_wrong_token_is_closed_4401(brain_creds: BrainCredentials) -> None:
 
 
 @pytest.mark.parametrize("fault", ["tampered", "replayed"])
-def test_bad_signature_or_replay_is_closed_4403(session: ProbeSession, fault: str) -> None:
+def test_bad_signature_or_replay_is_closed_4403(
+    session: ProbeSession, fault: str
+) -> None:
     session.handshake()
-    raw = session.sign(FrameType.HEARTBEAT, new_frame_id("hb_"), {"buffer_size": 0, "adapter_health": {}})
+    raw = session.sign(
+        FrameType.HEARTBEAT,
+        new_frame_id("hb_"),
+        {"buffer_size": 0, "adapter_health": {}},
+    )
     if fault == "tampered":
         assert b'"buffer_size":0' in raw
         session.ws.send_binary(raw.replace(b'"buffer_size":0', b'"buffer_size":1'))
     else:
         session.ws.send_binary(raw)  # accepted once ...
-        session.ws.send_binary(raw)  # ... the identical frame again: seq and nonce replayed
+        session.ws.send_binary(
+            raw
+        )  # ... the identical frame again: seq and nonce replayed
     assert session.close_code() == 4403
 
 
@@ -282,10 +335,19 @@ def test_bad_first_frame_is_closed_4400(session: ProbeSession, first: str) -> No
         session.ws.send("this is not json")
     elif first == "signed-heartbeat":
         key = decode_hmac_secret(session.creds.hmac_secret)
-        signer = Signer(key, SessionBinding(session.creds.agent_id, session.creds.project_uuid, "no-session"))
-        session.ws.send_binary(signer.sign(FrameType.HEARTBEAT, new_frame_id("hb_"), {"buffer_size": 0}))
+        signer = Signer(
+            key,
+            SessionBinding(
+                session.creds.agent_id, session.creds.project_uuid, "no-session"
+            ),
+        )
+        session.ws.send_binary(
+            signer.sign(FrameType.HEARTBEAT, new_frame_id("hb_"), {"buffer_size": 0})
+        )
     else:
-        raw = encode_unsigned(FrameType.HELLO, new_frame_id("hello_", 16), hello_payload())
+        raw = encode_unsigned(
+            FrameType.HELLO, new_frame_id("hello_", 16), hello_payload()
+        )
         session.ws.send_binary(raw.replace(b'{"v":2,', b'{"v":3,', 1))
     assert session.close_code() == 4400
 
@@ -300,21 +362,40 @@ def test_retry_command_roundtrip(real_brain: RealBrain, session: ProbeSession) -
     session.handshake()
     session.heartbeat_and_status()
     task_id = f"retry-{uuid.uuid4().hex[:8]}"
-    session.send_events(lifecycle(task_id, "demo.boom", "interop-q", "failed", datetime.now(UTC)))
+    session.send_events(
+        lifecycle(task_id, "demo.boom", "interop-q", "failed", datetime.now(UTC))
+    )
     assert session.recv(FrameType.EVENT_BATCH_ACK).payload["accepted"] == 3
 
-    record = real_brain.command(PROJECT, "retry-task", {"agent_id": creds.agent_id, "engine": "celery", "task_id": task_id})
-    assert record["status"] in ("pending", "dispatched") and record["action"] == "retry_task"
+    record = real_brain.command(
+        PROJECT,
+        "retry-task",
+        {"agent_id": creds.agent_id, "engine": "celery", "task_id": task_id},
+    )
+    assert (
+        record["status"] in ("pending", "dispatched")
+        and record["action"] == "retry_task"
+    )
 
     cmd = session.recv(FrameType.COMMAND)
     assert cmd.id == record["id"]
     p = cmd.payload
     assert p["action"] == "retry_task"
-    assert p["target"] == {"type": "task", "id": f"celery:{task_id}", "engine": "celery"}
+    assert p["target"] == {
+        "type": "task",
+        "id": f"celery:{task_id}",
+        "engine": "celery",
+    }
     assert set(p["parameters"]) >= RETRY_PARAMETER_KEYS
     params = p["parameters"]
-    assert (params["engine"], params["task_id"], params["task_name"]) == ("celery", task_id, "demo.boom")
-    assert params["args"] is None and params["kwargs"] is None  # retry by reference: no arguments
+    assert (params["engine"], params["task_id"], params["task_name"]) == (
+        "celery",
+        task_id,
+        "demo.boom",
+    )
+    assert (
+        params["args"] is None and params["kwargs"] is None
+    )  # retry by reference: no arguments
     assert p["timeout_seconds"] == 60
     assert p["issued_by"] == record["issued_by"]
     assert "delivery_claim_token" in p
@@ -322,7 +403,9 @@ def test_retry_command_roundtrip(real_brain: RealBrain, session: ProbeSession) -
 
     session.send(FrameType.COMMAND_ACK, cmd.id, {"delivery_claim_token": claim})
     time.sleep(0.3)
-    assert real_brain.get_command(PROJECT, cmd.id)["status"] == "dispatched"  # ack alone never terminalises
+    assert (
+        real_brain.get_command(PROJECT, cmd.id)["status"] == "dispatched"
+    )  # ack alone never terminalises
 
     result = {"task_id": str(uuid.uuid4()), "queue": "interop-q", "source": "reference"}
     session.send(FrameType.COMMAND_RESULT, cmd.id,
@@ -332,14 +415,24 @@ def test_retry_command_roundtrip(real_brain: RealBrain, session: ProbeSession) -
     assert done["result"] == result and done["error"] is None
 
     # a failed result is recorded as failed with the agent's error text
-    record2 = real_brain.command(PROJECT, "retry-task", {"agent_id": creds.agent_id, "engine": "celery", "task_id": task_id})
+    record2 = real_brain.command(
+        PROJECT,
+        "retry-task",
+        {"agent_id": creds.agent_id, "engine": "celery", "task_id": task_id},
+    )
     cmd2 = session.recv(FrameType.COMMAND)
     assert cmd2.id == record2["id"]
-    session.send(FrameType.COMMAND_ACK, cmd2.id, {"delivery_claim_token": cmd2.payload["delivery_claim_token"]})
+    session.send(
+        FrameType.COMMAND_ACK,
+        cmd2.id,
+        {"delivery_claim_token": cmd2.payload["delivery_claim_token"]},
+    )
     session.send(FrameType.COMMAND_RESULT, cmd2.id, {"status": "failed", "result": None, "error": "broker unreachable",
                                                      "delivery_claim_token": cmd2.payload["delivery_claim_token"]})  # fmt: skip
     failed = real_brain.wait_command(PROJECT, cmd2.id, timeout=10)
-    assert failed["status"] == "failed" and "broker unreachable" in (failed["error"] or "")
+    assert failed["status"] == "failed" and "broker unreachable" in (
+        failed["error"] or ""
+    )
 
 
 @pytest.mark.parametrize(("caps", "reason"), [
@@ -351,8 +444,18 @@ def test_retry_is_refused_without_advertised_capability(
 ) -> None:
     session.handshake(capabilities={"celery": caps})
     task_id = f"gate-{uuid.uuid4().hex[:8]}"
-    session.send_events(lifecycle(task_id, "demo.boom", "interop-q", "failed", datetime.now(UTC)))
+    session.send_events(
+        lifecycle(task_id, "demo.boom", "interop-q", "failed", datetime.now(UTC))
+    )
     session.recv(FrameType.EVENT_BATCH_ACK)
     with pytest.raises(BrainHTTPError) as refused:
-        real_brain.command(PROJECT, "retry-task", {"agent_id": session.creds.agent_id, "engine": "celery", "task_id": task_id})
+        real_brain.command(
+            PROJECT,
+            "retry-task",
+            {
+                "agent_id": session.creds.agent_id,
+                "engine": "celery",
+                "task_id": task_id,
+            },
+        )
     assert refused.value.status == 422 and reason in refused.value.body

@@ -150,6 +150,9 @@ class EngineAdapter:
     def detach(self) -> None:
         """Remove hooks; idempotent."""
 
+    def flush(self) -> None:
+        """Write anything the adapter holds in memory to the sink (called before the final drain)."""
+
     def health(self) -> dict[str, Any]:
         """Heartbeat adapter_health entries (values may be dicts/lists: JSON-encoded on the wire)."""
         return {}

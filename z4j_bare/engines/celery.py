@@ -47,7 +47,7 @@ class CeleryEngineAdapter(EngineAdapter):
         *,
         worker_hostname: str | None = None,
         capture_sent: bool | None = None,
-        batch_interval: float = 0.05,
+        batch_interval: float = 0.0,
         remember_requests: bool = True,
         request_store_max_rows: int = DEFAULT_MAX_ROWS,
         request_store_ttl_seconds: float = DEFAULT_TTL_SECONDS,
@@ -57,8 +57,9 @@ class CeleryEngineAdapter(EngineAdapter):
         worker_hostname: this worker's node name; learned from the worker when omitted.
         capture_sent: emit task.sent from before/after_task_publish; default (None) = only outside
             a worker (web apps, beat), since in a worker the subtask's own events follow anyway.
-        batch_interval: seconds the worker main process gathers events before one transaction
-            (0 = one commit per event). Events of a hard-killed main process in this window are lost.
+        batch_interval: seconds the worker main process may gather events before one transaction.
+            The default 0 makes every event durable before the hook returns; a positive value trades
+            that window (events of a SIGKILLed main process in it are lost) for fewer commits.
         remember_requests: keep original publish parameters (bounded SQLite table next to the
             buffer) so retry_task works by reference without result_extended.
         """

@@ -48,7 +48,7 @@ def _decode(codec: str, blob: bytes) -> dict[str, Any]:
 
         return loads(blob.decode("utf-8"))
     if codec == "pickle":
-        return pickle.loads(blob)  # noqa: S301 - written by this agent from an accepted message
+        return pickle.loads(blob)
     raise ValueError(f"unknown codec {codec!r}")
 
 

@@ -1,0 +1,504 @@
+"""``python -m z4j_bare demo`` (``make demo``): the agent doing its job, end to end, on this machine.
+
+What it does, with nothing else installed or running:
+
+1. starts the embedded reference brain (``z4j_bare.testing.LocalBrain``) on 127.0.0.1;
+2. starts a real Celery worker subprocess (prefork, 2 processes) with the agent installed. The
+   broker is Redis when one answers on 127.0.0.1:6379, else kombu's ``filesystem://`` transport
+   in a temp dir (no server). With Redis it also starts an RQ worker with the agent;
+3. sends a stream of tasks (successes, a failure, a task that retries itself, one that fails
+   because a "carrier API" is down), printing each event as the brain stores it plus a status
+   line per agent (online, session, buffer depth the agent reports, heartbeats);
+4. "fixes the outage" and retries the failed task **from the brain**, showing the round trip:
+   command -> command_ack -> command_result -> the new task's events;
+5. stops the workers (SIGTERM: the agents drain and say goodbye), prints a summary and checks
+   it: exit 0 when every check passed, 1 otherwise. Nothing is left behind: the temp Z4J_HOME,
+   the broker folder and the demo's Redis keys are removed, and every process group is reaped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+DEADLINE_SECONDS = 100.0
+CARD = "4111 1111 1111 1111"
+
+
+class DemoFailed(Exception):
+    """A step of the demo did not happen in time; the message says which and what was seen."""
+
+
+class Console:
+    """Line-oriented output that reads well in a terminal and in a CI log alike."""
+
+    def __init__(self, stream: Any = None, color: bool | None = None) -> None:
+        self.stream = stream or sys.stdout
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.color = tty and os.environ.get("NO_COLOR") is None if color is None else color
+        self.t0 = time.monotonic()
+
+    def _c(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
+
+    def line(self, text: str = "", *, tag: str = "", code: str = "") -> None:
+        stamp = f"{time.monotonic() - self.t0:6.2f}s"
+        prefix = f"{self._c('2', stamp)} {self._c(code, f'{tag:<8}') if tag else ' ' * 8} "
+        self.stream.write(prefix + text + "\n")
+        self.stream.flush()
+
+    def title(self, text: str) -> None:
+        self.stream.write("\n" + self._c("1", f"== {text}") + "\n")
+        self.stream.flush()
+
+
+def _redis_url(disabled: bool) -> str | None:
+    if disabled:
+        return None
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.3):
+            pass
+        import redis
+
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=1)
+        client.ping()
+        client.close()
+    except Exception:  # noqa: BLE001 - no usable Redis: run on the embedded broker
+        return None
+    return "redis://127.0.0.1:6379/0"
+
+
+class Demo:
+    def __init__(self, *, use_redis: bool = True, out: Console | None = None) -> None:
+        self.out = out or Console()
+        self.deadline = time.monotonic() + DEADLINE_SECONDS
+        self.tmp = Path(tempfile.mkdtemp(prefix="z4j-demo-"))
+        self.tag = secrets.token_hex(4)
+        self.queue = f"z4j-demo-{self.tag}"
+        self.redis_url = _redis_url(not use_redis)
+        self.marker = self.tmp / "carrier-api-down"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.checks: list[tuple[str, bool, str]] = []
+        self.commands: list[dict[str, Any]] = []
+        self.expected: dict[tuple[str, str], tuple[str, str]] = {}  # (engine, id) -> (name, final state)
+        self.brain: Any = None
+        self.agents: dict[str, Any] = {}
+        self._printed = 0
+        self._last_status = ""
+        self._next_status = 0.0
+        self._rq_job_ids: list[str] = []
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append((name, bool(ok), detail))
+        return bool(ok)
+
+    def remaining(self, cap: float) -> float:
+        return max(0.5, min(cap, self.deadline - time.monotonic()))
+
+    def wait(self, what: str, predicate: Callable[[], Any], timeout: float) -> Any:
+        """Poll ``predicate`` while keeping the live view going; DemoFailed on timeout."""
+        end = time.monotonic() + self.remaining(timeout)
+        while True:
+            self.pump()
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= end:
+                raise DemoFailed(f"timed out waiting for {what}")
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise DemoFailed(f"the {name} worker exited early (code {proc.returncode}) while waiting "
+                                     f"for {what}; its log:\n{self._tail(name)}")
+            time.sleep(0.05)
+
+    def _tail(self, name: str, lines: int = 25) -> str:
+        try:
+            text = self.logs[name].read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text[-lines:])
+
+    # -- live view -------------------------------------------------------------------------------
+    def pump(self) -> None:
+        events = self.brain.events()
+        for ev in events[self._printed:]:
+            data = ev.get("data") or {}
+            kind = ev.get("kind", "?")
+            code = {"task.succeeded": "32", "task.failed": "31", "task.retried": "33"}.get(kind, "36")
+            task = (ev.get("task_id") or "")[:8]
+            name = str(data.get("task_name") or data.get("worker") or data.get("hostname") or "")
+            if len(name) > 14:
+                name = name.rsplit(".", 1)[-1][:14]
+            extra = ""
+            if kind == "task.failed" and data.get("exception"):
+                extra = f"  {str(data.get('exception'))[:60]}"
+            self.out.line(f"{ev.get('engine', ''):<7} {kind:<16} {name:<14} {task}{extra}", tag="event", code=code)
+        self._printed = len(events)
+        now = time.monotonic()
+        if now >= self._next_status:
+            self._next_status = now + 1.0
+            text = self.status_text()
+            if text != self._last_status:
+                self._last_status = text
+                self.out.line(text, tag="status", code="35")
+
+    def status_text(self) -> str:
+        parts = []
+        for engine, creds in self.agents.items():
+            row = self.brain.agent(creds.agent_id)
+            hb = row.get("last_heartbeat") or {}
+            st = row.get("last_agent_status") or {}
+            state = "RUNNING (online)" if row["online"] else "offline"
+            parts.append(f"{engine} agent {state}, sessions {row['sessions']}, buffer {hb.get('buffer_size', '-')}, "
+                         f"heartbeats {row['heartbeats']}, reconnects {st.get('connection_failure_streak', 0)}")
+        parts.append(f"brain stored {self.brain.event_count()} events")
+        return " | ".join(parts)
+
+    # -- processes -------------------------------------------------------------------------------
+    def _env(self, engine: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_")}
+        env.update(self.agents[engine].env())
+        env.update({
+            "Z4J_HOME": str(self.tmp / f"home-{engine}"),
+            "Z4J_AGENT_NAME": f"demo-{engine}-worker",
+            "Z4J_DEMO_QUEUE": self.queue,
+            "Z4J_DEMO_BROKER": self.broker_url,
+            "Z4J_DEMO_BROKER_DIR": str(self.tmp / "broker"),
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = self.tmp / f"{name}.log"
+        self.logs[name] = log
+        with open(log, "ab") as fh:
+            # A session of its own: at the end the whole group (prefork children included) is reaped.
+            self.procs[name] = subprocess.Popen(argv, env=self._env(name), stdout=fh, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, cwd=self.tmp, start_new_session=True)
+
+    def stop_workers(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                # The worker's main process only: it stops its own pool (a group-wide SIGTERM
+                # would kill the pool children under it).
+                proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + 20
+        for name, proc in self.procs.items():
+            try:
+                code = proc.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                code = proc.wait(5)
+                self.check(f"{name} worker stopped on SIGTERM", False, "had to be killed")
+                continue
+            self.check(f"{name} worker stopped on SIGTERM with exit code 0", code == 0, f"exit code {code}")
+
+    def reap(self) -> bool:
+        """Kill whatever is left of each process group; True if nothing was left."""
+        clean = True
+        for proc in self.procs.values():
+            for _ in range(50):
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                clean = False
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        return clean
+
+    # -- the story -------------------------------------------------------------------------------
+    def run(self) -> int:
+        from .testing import LocalBrain
+
+        out = self.out
+        out.title("z4j-bare demo: a real worker, the agent, and a local brain")
+        (self.tmp / "broker").mkdir()
+        (self.tmp / "broker-control").mkdir()
+        if self.redis_url:
+            self.broker_url = self.redis_url
+            out.line(f"Redis answers on 127.0.0.1:6379: Celery uses it as broker, and an RQ worker joins "
+                     f"(queue {self.queue}; its keys are removed at the end)")
+        else:
+            self.broker_url = "filesystem://"
+            out.line("no Redis on 127.0.0.1:6379: Celery uses kombu's filesystem:// broker in a temp dir "
+                     "(start Redis to add an RQ worker)")
+        self.brain = LocalBrain(heartbeat_interval=1).start()
+        out.line(f"local brain listening at {self.brain.url} (Z4J_HOME for the agents: {self.tmp})", tag="brain")
+        engines = ["celery"] + (["rq"] if self.redis_url else [])
+        for engine in engines:
+            self.agents[engine] = self.brain.mint_agent(name=f"demo-{engine}")
+
+        self._spawn("celery", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "worker",
+                               "-Q", self.queue, "-c", "2", "-n", f"demo-{self.tag}@%h", "--loglevel=warning",
+                               "--without-gossip", "--without-mingle", "--without-heartbeat"])
+        if "rq" in engines:
+            self._spawn("rq", [sys.executable, "-m", "rq.cli", "worker", "-u", self.redis_url,
+                               "-w", "z4j_bare.engines.rq_workers.Worker", "-n", f"demo-{self.tag}",
+                               "--logging_level", "WARNING", self.queue])
+        out.line(f"started {' and '.join(engines)} worker subprocess(es); waiting for the agents' handshake")
+        for engine in engines:
+            row = self.wait(f"the {engine} agent to connect", lambda e=engine: self._online(e), 30)
+            out.line(f"{engine} agent connected: hello advertises {row['capabilities'].get(engine, [])[:4]}...",
+                     tag="agent", code="32")
+
+        out.title("a stream of tasks")
+        celery_app = self._celery_app()
+        self.marker.write_text("down")
+        sent = []
+        for i in range(6):
+            sent.append(("demo.add", celery_app.send_task("demo.add", args=[i, i], queue=self.queue).id, "SUCCESS"))
+            self.pump()
+            time.sleep(0.08)
+        sent.append(("demo.charge", celery_app.send_task("demo.charge", args=["order-7", 19.9],
+                                                         kwargs={"card_number": CARD}, queue=self.queue).id, "SUCCESS"))
+        sent.append(("demo.fail", celery_app.send_task("demo.fail", args=["bad input"], queue=self.queue).id, "FAILURE"))
+        sent.append(("demo.flaky", celery_app.send_task("demo.flaky", args=[21], queue=self.queue).id, "SUCCESS"))
+        ship_id = celery_app.send_task("demo.ship", args=["order-7", str(self.marker)], queue=self.queue).id
+        sent.append(("demo.ship", ship_id, "FAILURE"))
+        for name, task_id, state in sent:
+            self.expected[("celery", task_id)] = (name, state)
+        rq_ship = None
+        if "rq" in engines:
+            rq_ship = self._enqueue_rq()
+        for (engine, task_id), (name, state) in list(self.expected.items()):
+            self.wait(f"{engine} task {name} {task_id} to reach {state}",
+                      lambda e=engine, t=task_id, s=state: self._state(e, t) == s, 30)
+
+        out.title("operator retries the failed task from the brain")
+        self.marker.unlink()
+        out.line("the carrier API is back (outage marker removed)")
+        new_id = self.retry_round_trip("celery", ship_id, "demo.ship")
+        if new_id:
+            self.expected[("celery", new_id)] = ("demo.ship (retry)", "SUCCESS")
+        if rq_ship:
+            self.retry_round_trip("rq", rq_ship, "rq_ship")
+
+        out.title("stopping the workers (SIGTERM): the agents drain their buffers and close")
+        before = self.brain.event_count()
+        stopping = time.monotonic()
+        self.stop_workers()
+        out.line(f"workers exited after {time.monotonic() - stopping:.1f} s", tag="agent")
+        self.wait("the agents to go offline", lambda: not any(self._online(e) for e in engines), 15)
+        self.pump()
+        out.line(f"{self.brain.event_count() - before} more event(s) arrived during shutdown", tag="agent")
+        self.verify(engines)
+        return self.summary()
+
+    def _online(self, engine: str) -> dict[str, Any] | None:
+        row = self.brain.agent(self.agents[engine].agent_id)
+        return row if row["online"] else None
+
+    def _state(self, engine: str, task_id: str) -> str | None:
+        row = self.brain.task(engine, task_id)
+        return row["state"] if row else None
+
+    def _celery_app(self) -> Any:
+        os.environ.update({"Z4J_DEMO_BROKER": self.broker_url, "Z4J_DEMO_BROKER_DIR": str(self.tmp / "broker"),
+                           "Z4J_DEMO_QUEUE": self.queue})
+        from .demo_tasks import make_app
+
+        self.celery_app = make_app()
+        return self.celery_app
+
+    def _enqueue_rq(self) -> str:
+        import redis
+        from rq import Queue
+
+        from . import demo_tasks
+
+        conn = redis.Redis.from_url(self.redis_url)
+        q = Queue(self.queue, connection=conn)
+        jobs = [(q.enqueue(demo_tasks.rq_add, i, 10 * i), "rq_add", "SUCCESS") for i in range(3)]
+        jobs.append((q.enqueue(demo_tasks.rq_fail, "bad input"), "rq_fail", "FAILURE"))
+        ship = q.enqueue(demo_tasks.rq_ship, "order-8", str(self.marker))
+        jobs.append((ship, "rq_ship", "FAILURE"))
+        for job, name, state in jobs:
+            self.expected[("rq", job.id)] = (name, state)
+            self._rq_job_ids.append(job.id)
+        conn.close()
+        return ship.id
+
+    def retry_round_trip(self, engine: str, task_id: str, name: str) -> str | None:
+        out = self.out
+        creds = self.agents[engine]
+        params = {"task_id": task_id, "task_name": name, "args": None, "kwargs": None, "override_args": None,
+                  "override_kwargs": None, "original_had_args": True, "eta": None, "eta_seconds": None,
+                  "priority": None}
+        started = time.monotonic()
+        cid = self.brain.send_command("retry_task", params, agent_id=creds.agent_id, engine=engine)
+        out.line(f"brain -> {engine} agent: command retry_task {cid[:8]} for {name} {task_id[:8]}", tag="command",
+                 code="34")
+        record: dict[str, Any] = {"engine": engine, "action": "retry_task", "task_id": task_id, "command_id": cid}
+        self.commands.append(record)
+        try:
+            self.wait("command_ack", lambda: self.brain.command(cid).acked, 15)
+            out.line(f"agent -> brain: command_ack after {(time.monotonic() - started) * 1000:.0f} ms", tag="command",
+                     code="34")
+            rec = self.brain.wait_for_command(cid, timeout=self.remaining(20))
+        except (DemoFailed, TimeoutError) as exc:
+            record.update(status="no result", error=str(exc))
+            self.check(f"{engine} retry_task round trip", False, str(exc))
+            return None
+        record.update(status=rec.status, result=rec.result, error=rec.error,
+                      round_trip_ms=round((time.monotonic() - started) * 1000))
+        out.line(f"agent -> brain: command_result {rec.status} after {record['round_trip_ms']} ms: "
+                 f"{rec.result if rec.result is not None else rec.error}", tag="command",
+                 code="32" if rec.status == "completed" else "31")
+        if not self.check(f"{engine} retry_task completed", rec.status == "completed", rec.error or ""):
+            return None
+        new_id = (rec.result or {}).get("new_task_id") or task_id
+        try:
+            self.wait(f"the retried task {new_id} to succeed", lambda: self._state(engine, new_id) == "SUCCESS", 20)
+        except DemoFailed as exc:
+            self.check(f"{engine} retried task succeeded", False, str(exc))
+            return new_id
+        kinds = [e["kind"] for e in self.brain.events(engine=engine, task_id=new_id)]
+        out.line(f"the new task {new_id[:8]} ran: {' -> '.join(kinds[-3:])}", tag="command", code="32")
+        self.check(f"{engine} retried task succeeded", True, f"new task {new_id}")
+        return new_id
+
+    # -- verdict ---------------------------------------------------------------------------------
+    def verify(self, engines: Sequence[str]) -> None:
+        for (engine, task_id), (name, state) in self.expected.items():
+            got = self._state(engine, task_id)
+            if name.endswith("(retry)") or (engine, task_id) in {("rq", c["task_id"]) for c in self.commands}:
+                continue  # checked by the round trip (an RQ retry reuses the job id)
+            self.check(f"{engine} {name} {task_id[:8]} is {state}", got == state, f"brain says {got}")
+        flaky = [t for (e, t), (n, _) in self.expected.items() if n == "demo.flaky"]
+        kinds = [e["kind"] for e in self.brain.events(engine="celery", task_id=flaky[0])] if flaky else []
+        self.check("demo.flaky retried itself (task.retried) then succeeded", "task.retried" in kinds, str(kinds))
+        stored = repr([t.get("kwargs") for t in self.brain.tasks(engine="celery") if t.get("task_name") == "demo.charge"])
+        self.check("the card number never reached the brain (redacted by the agent)", CARD not in stored, stored[:120])
+        got = self.brain.events(engine="celery", kind="worker.offline")
+        self.check("the celery agent reported worker.offline on shutdown", bool(got), f"{len(got)} event(s)")
+        from .diagnostics import buffer_status
+
+        for engine in engines:
+            status = buffer_status(self.tmp / f"home-{engine}")
+            left = [b for b in status["buffers"] if b.get("location") == "home"]
+            depth = sum(b.get("depth", 0) for b in left)
+            self.check(f"the {engine} agent delivered everything before exiting (local buffer empty)",
+                       depth == 0 and not status["problems"], f"{depth} row(s) left; {status['problems']}")
+
+    def summary(self) -> int:
+        out = self.out
+        out.title("summary")
+        events = self.brain.events()
+        by_engine = Counter(e.get("engine") for e in events)
+        out.line(f"events delivered to the brain: {len(events)} ({dict(by_engine)})")
+        for engine, n in sorted(Counter((e.get("engine"), e.get("kind")) for e in events).items()):
+            out.line(f"  {engine[0]:<7} {engine[1]:<18} {n}")
+        for engine in self.agents:
+            states = Counter(t["state"] for t in self.brain.tasks(engine=engine))
+            out.line(f"tasks by state ({engine}): {dict(sorted(states.items()))}")
+        for c in self.commands:
+            out.line(f"command {c['action']} ({c['engine']}) {c['command_id'][:8]}: {c.get('status')} "
+                     f"in {c.get('round_trip_ms', '-')} ms, result {c.get('result') or c.get('error')}")
+        failed = [c for c in self.checks if not c[1]]
+        for name, ok, detail in self.checks:
+            mark = out._c("32", "PASS") if ok else out._c("31", "FAIL")
+            out.line(f"{mark} {name}" + ("" if ok else f": {detail}"))
+        verdict = "all checks passed" if not failed else f"{len(failed)} check(s) failed"
+        out.line(f"{verdict} in {time.monotonic() - out.t0:.1f} s", code="1")
+        if failed:
+            for name in self.procs:
+                out.line(f"last lines of the {name} worker log:\n{self._tail(name)}")
+        return 0 if not failed else 1
+
+    def close(self) -> None:
+        clean = self.reap()
+        if not clean:
+            self.out.line("some worker processes had to be killed at the end", tag="cleanup")
+        if self.brain is not None:
+            with contextlib.suppress(Exception):
+                self.brain.close()
+        if self.redis_url:
+            self._clean_redis()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for key in ("Z4J_DEMO_BROKER", "Z4J_DEMO_BROKER_DIR", "Z4J_DEMO_QUEUE"):
+            os.environ.pop(key, None)
+
+    def _clean_redis(self) -> None:
+        try:
+            import redis
+
+            conn = redis.Redis.from_url(self.redis_url, socket_timeout=2)
+            keys = set(conn.scan_iter(match=f"*{self.queue}*", count=1000))
+            keys |= set(conn.scan_iter(match=f"*demo-{self.tag}*", count=1000))
+            for job_id in self._rq_job_ids:
+                keys |= set(conn.scan_iter(match=f"rq:*{job_id}*", count=1000))
+            for task_key in [t for (e, t) in self.expected if e == "celery"]:
+                keys.add(f"celery-task-meta-{task_key}".encode())
+            if keys:
+                conn.delete(*keys)
+            conn.srem("rq:queues", f"rq:queue:{self.queue}")
+            conn.close()
+        except Exception as exc:  # noqa: BLE001 - best effort; a few stale demo keys are harmless
+            self.out.line(f"could not remove the demo's Redis keys ({type(exc).__name__}); they are harmless",
+                          tag="cleanup")
+
+
+def _quiet_logging() -> None:
+    # The brain and agents log at info; the demo's own lines are the story, so keep only warnings.
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="z4j-bare demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-redis", action="store_true", help="use the embedded filesystem broker even if Redis runs")
+    parser.add_argument("--no-color", action="store_true", help="plain output (also when NO_COLOR is set)")
+    args = parser.parse_args(list(argv or []))
+    _quiet_logging()
+    demo = Demo(use_redis=not args.no_redis, out=Console(color=False if args.no_color else None))
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return demo.run()
+    except DemoFailed as exc:
+        demo.out.line(f"demo failed: {exc}", tag="error", code="31")
+        with contextlib.suppress(Exception):
+            demo.summary()
+        return 1
+    except KeyboardInterrupt:
+        demo.out.line("interrupted; cleaning up", tag="error", code="31")
+        return 130
+    finally:
+        demo.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
