@@ -26,6 +26,11 @@ log = structlog.get_logger("z4j_bare.outbox")
 
 # Bytes an event_batch envelope adds around its events (ids, ts, nonce, seq, hmac, keys).
 ENVELOPE_OVERHEAD = 320
+# Frames are sized so the brain needs about this long to ingest one: big enough to amortise its
+# per-frame cost, small enough that events show up promptly and a lost frame costs little.
+TARGET_FRAME_SECONDS = 10.0
+MIN_BATCH_EVENTS = 100
+INITIAL_BATCH_EVENTS = 1000
 CONTROL_KINDS = frozenset({FrameType.COMMAND_ACK.value, FrameType.COMMAND_RESULT.value})
 EVENT_KIND = "event"
 
@@ -74,6 +79,8 @@ class Outbox:
         self._head_since = 0.0
         self.sent_controls: set[tuple[str, str]] = set()
         self.stats = OutboxStats()
+        self._ack_rate: float | None = None  # events/s the brain confirms, smoothed
+        self.batch_target = min(INITIAL_BATCH_EVENTS, self._max_events)
 
     # -- session lifecycle -------------------------------------------------------------------
     def reset(self, max_frame_bytes: int | None) -> None:
@@ -95,7 +102,7 @@ class Outbox:
         """Send frames while the window has room; returns the number of rows handled."""
         handled = 0
         while len(self._inflight) < self._max_inflight:
-            rows = self._buffer.read(after_id=self._cursor, limit=self._max_events)
+            rows = self._buffer.read(after_id=self._cursor, limit=self.batch_target)
             if not rows:
                 break
             handled += self._ship(rows, signer, send)
@@ -119,7 +126,7 @@ class Outbox:
                 rejected.append(row.id)
                 self._cursor = row.id
                 continue
-            if size + n > budget or len(texts) >= self._max_events:
+            if size + n > budget or len(texts) >= self.batch_target:
                 break
             ids.append(row.id)
             texts.append(row.body)
@@ -170,11 +177,19 @@ class Outbox:
             return 0
         now = self._clock()
         self._buffer.delete(batch.row_ids)
+        self._learn_rate(len(batch.row_ids), now - max(self._head_since, batch.sent_at))
         self._head_since = now
         self.stats.events_acked += len(batch.row_ids)
         self.stats.last_ack_at = now
         self.stats.last_flush_wall = time.time()
         return len(batch.row_ids)
+
+    def _learn_rate(self, events: int, service_seconds: float) -> None:
+        """Adapt the batch size to how fast this brain acks (a local brain: thousands of events a
+        second; the real brain with SQLite: about a hundred)."""
+        sample = events / max(service_seconds, 0.001)
+        self._ack_rate = sample if self._ack_rate is None else 0.7 * self._ack_rate + 0.3 * sample
+        self.batch_target = int(min(self._max_events, max(MIN_BATCH_EVENTS, self._ack_rate * TARGET_FRAME_SECONDS)))
 
     def resend_due(self, signer: Signer, send: Send) -> int:
         """Re-sign and resend the oldest unacked batch once it waited ``resend_after`` at the head.

@@ -1,0 +1,73 @@
+"""Outbox batching: frame sizes adapt to the brain's ack rate; acks delete, resends keep text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from z4j_bare.buffer import BufferStore
+from z4j_bare.outbox import MIN_BATCH_EVENTS, Outbox
+from z4j_bare.protocol import SessionBinding, Signer
+
+KEY = b"k" * 32
+BINDING = SessionBinding("a", "p", "s")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def buffer(tmp_path):
+    store = BufferStore(tmp_path / "b.sqlite")
+    store.append_many([("event", json.dumps({"id": str(i), "kind": "task.received"}), "celery") for i in range(20000)])
+    yield store
+    store.close()
+
+
+def _frames(sent):
+    return [json.loads(raw) for raw in sent]
+
+
+@pytest.mark.parametrize("rate, expected", [(100.0, 1000), (20.0, 200), (5.0, MIN_BATCH_EVENTS), (100_000.0, 5000)])
+def test_batch_size_follows_ack_rate(buffer, rate, expected):
+    clock, sent = Clock(), []
+    outbox = Outbox(buffer, max_inflight=1, clock=clock)
+    signer = Signer(KEY, BINDING)
+    for _ in range(8):
+        outbox.pump(signer, sent.append)
+        frame = _frames(sent)[-1]
+        clock.now += len(frame["payload"]["events"]) / rate
+        outbox.on_ack(frame["id"])
+    assert outbox.batch_target == pytest.approx(expected, rel=0.05)
+
+
+def test_resend_keeps_event_text_and_waits_for_head_of_line(buffer):
+    clock, sent = Clock(), []
+    outbox = Outbox(buffer, max_inflight=2, resend_after=90, clock=clock)
+    signer = Signer(KEY, BINDING)
+    outbox.pump(signer, sent.append)
+    first, second = _frames(sent)
+    clock.now = 60
+    outbox.on_ack(first["id"])  # second becomes head at t=60
+    clock.now = 140
+    assert outbox.resend_due(signer, sent.append) == 0
+    clock.now = 151
+    assert outbox.resend_due(signer, sent.append) == len(second["payload"]["events"])
+    again = _frames(sent)[-1]
+    assert again["id"] == second["id"] and again["payload"] == second["payload"] and again["seq"] > second["seq"]
+
+
+def test_ack_deletes_exactly_the_batch(buffer):
+    sent = []
+    outbox = Outbox(buffer, max_inflight=1)
+    outbox.pump(Signer(KEY, BINDING), sent.append)
+    n = len(_frames(sent)[0]["payload"]["events"])
+    assert outbox.on_ack(_frames(sent)[0]["id"]) == n
+    assert buffer.depth() == 20000 - n
+    assert outbox.on_ack("ev_unknown") == 0
