@@ -1,0 +1,5 @@
+"""RQ job functions for the bench (imported by work-horses of both venvs)."""
+
+
+def noop():
+    return None
