@@ -197,8 +197,13 @@ def test_live_child_of_dead_owner_blocks_adoption(tmp_path):
     child_pid = None
     try:
         proc = _spawn(tmp_path, "dep", "p", 10, "fork-child-writer")
-        lines = dict(proc.stdout.readline().split(maxsplit=1) for _ in range(2))
-        assert lines.keys() == {"ready", "child-done"}
+        lines: dict[str, str] = {}
+        while lines.keys() != {"ready", "child-done"}:  # other lines (log output) are not ours
+            line = proc.stdout.readline()
+            assert line, f"writer exited early; got {lines}"
+            key, _, rest = line.partition(" ")
+            if key in ("ready", "child-done"):
+                lines[key] = rest
         assert lines["ready"].strip().endswith("buffer-dep-1.sqlite")
         child_pid = int(lines["child-done"])
         _kill(proc)  # the owner dies; its prefork child lives on and may still append

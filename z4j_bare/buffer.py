@@ -562,7 +562,20 @@ class BufferStore:
         try:
             self._ensure_process()
             with self._wlock:
-                return self._append_checked(self._writer(), items)
+                conn = self._writer()
+                self._budget_rows -= len(items)
+                self._budget_bytes -= sum(item[3] for item in items)
+                if self._budget_rows < 0 or self._budget_bytes < 0:
+                    return self._append_checked(conn, items)
+                now = time.time()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_INSERT, [(kind, engine, size, now, body) for kind, body, engine, size in items])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+                return len(items)
         except Exception as exc:
             for kind, _b, engine, _s in items:
                 self._append_failed(kind, engine, 1, exc)

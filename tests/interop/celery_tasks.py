@@ -53,14 +53,18 @@ def fail(message):
 @app.task(name="interop.retry_then_ok", bind=True)
 def retry_then_ok(self, value):
     if self.request.retries == 0:
-        raise self.retry(countdown=0, max_retries=1, exc=RuntimeError("first attempt fails"))
+        raise self.retry(
+            countdown=0, max_retries=1, exc=RuntimeError("first attempt fails")
+        )
     return value * 2
 
 
 @app.task(name="interop.retry_exhausted", bind=True)
 def retry_exhausted(self, value):
     # Retries once, then the second self.retry() exceeds max_retries=1 and re-raises exc.
-    raise self.retry(countdown=0, max_retries=1, exc=RuntimeError(f"always fails {value}"))
+    raise self.retry(
+        countdown=0, max_retries=1, exc=RuntimeError(f"always fails {value}")
+    )
 
 
 @app.task(name="interop.fail_until_marker")

@@ -57,8 +57,15 @@ class _Proc:
     def __init__(self, cmd: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=_env(env), cwd=str(REPO_DIR), stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=_env(env),
+            cwd=str(REPO_DIR),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def alive(self) -> bool:
@@ -81,7 +88,9 @@ class _Proc:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # pool children left behind, if any
+            os.killpg(
+                self.proc.pid, signal.SIGKILL
+            )  # pool children left behind, if any
         if not self._log.closed:
             self._log.close()
         return self.proc.returncode
@@ -90,15 +99,47 @@ class _Proc:
 class CeleryWorker(_Proc):
     """``celery -A interop.celery_tasks worker -P prefork -c 2`` (no -E) on its own queue."""
 
-    def __init__(self, *, queue: str, agent_env: Mapping[str, str], home: Path, concurrency: int = 2,
-                 boot: str = "worker_init", loglevel: str = "warning") -> None:
+    def __init__(
+        self,
+        *,
+        queue: str,
+        agent_env: Mapping[str, str],
+        home: Path,
+        concurrency: int = 2,
+        boot: str = "worker_init",
+        loglevel: str = "warning",
+    ) -> None:
         self.queue = queue
         self.nodename = f"{queue}@interop"
-        cmd = [sys.executable, "-m", "celery", "-A", "interop.celery_tasks", "worker", "-P", "prefork",
-               "-c", str(concurrency), "-Q", queue, "-n", self.nodename, "--without-gossip",
-               "--without-mingle", "--without-heartbeat", "-l", loglevel]
-        env = {**agent_env, "Z4J_HOME": str(home), "Z4J_IT_QUEUE": queue, "Z4J_IT_BOOT": boot,
-               "Z4J_IT_BROKER": CELERY_BROKER, "Z4J_IT_BACKEND": CELERY_BACKEND}
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "interop.celery_tasks",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-Q",
+            queue,
+            "-n",
+            self.nodename,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            loglevel,
+        ]
+        env = {
+            **agent_env,
+            "Z4J_HOME": str(home),
+            "Z4J_IT_QUEUE": queue,
+            "Z4J_IT_BOOT": boot,
+            "Z4J_IT_BROKER": CELERY_BROKER,
+            "Z4J_IT_BACKEND": CELERY_BACKEND,
+        }
         super().__init__(cmd, env, Path(home) / "celery-worker.log")
 
     def stop(self, timeout: float = 20.0) -> int | None:
@@ -110,14 +151,37 @@ class CeleryWorker(_Proc):
 class RqWorker(_Proc):
     """``rq worker --worker-class z4j_rq.Worker|SimpleWorker`` (long-running, not burst)."""
 
-    def __init__(self, *, worker_class: str, queues: list[str], agent_env: Mapping[str, str], home: Path,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        worker_class: str,
+        queues: list[str],
+        agent_env: Mapping[str, str],
+        home: Path,
+        name: str | None = None,
+    ) -> None:
         self.queues = list(queues)
         self.name = name or unique("rqw")
-        cmd = [str(RQ_BIN), "worker", "--url", RQ_REDIS_URL, "--worker-class", worker_class,
-               "--logging_level", "WARNING", "--job-monitoring-interval", "1", "--name", self.name, *self.queues]
-        super().__init__(cmd, {**agent_env, "Z4J_HOME": str(home), "Z4J_STOP_TIMEOUT": "10"},
-                         Path(home) / "rq-worker.log")
+        cmd = [
+            str(RQ_BIN),
+            "worker",
+            "--url",
+            RQ_REDIS_URL,
+            "--worker-class",
+            worker_class,
+            "--logging_level",
+            "WARNING",
+            "--job-monitoring-interval",
+            "1",
+            "--name",
+            self.name,
+            *self.queues,
+        ]
+        super().__init__(
+            cmd,
+            {**agent_env, "Z4J_HOME": str(home), "Z4J_STOP_TIMEOUT": "10"},
+            Path(home) / "rq-worker.log",
+        )
 
 
 def celery_producer():
@@ -134,7 +198,9 @@ def clean_celery_queue(queue: str) -> None:
 
     with contextlib.suppress(Exception):
         client = redis.Redis.from_url(CELERY_BROKER)
-        keys = list(client.scan_iter(match=queue + "*"))  # kombu keeps one list per priority step
+        keys = list(
+            client.scan_iter(match=queue + "*")
+        )  # kombu keeps one list per priority step
         if keys:
             client.delete(*keys)
 
@@ -177,7 +243,13 @@ def plan_celery_workload(n: int, prefix: str) -> list[PlannedTask]:
     plan = []
     for i in range(n):
         name, final, retries = _PATTERN[i % len(_PATTERN)]
-        args = (f"boom {i}",) if name == "interop.fail" else (i, 1) if name == "interop.add" else (i,)
+        args = (
+            (f"boom {i}",)
+            if name == "interop.fail"
+            else (i, 1)
+            if name == "interop.add"
+            else (i,)
+        )
         plan.append(PlannedTask(i, f"{prefix}-{i:05d}", name, args, final, retries))
     return plan
 
@@ -185,14 +257,25 @@ def plan_celery_workload(n: int, prefix: str) -> list[PlannedTask]:
 def publish(app: Any, queue: str, plan: list[PlannedTask]) -> None:
     with app.producer_or_acquire() as producer:
         for task in plan:
-            app.send_task(task.name, args=task.args, task_id=task.task_id, queue=queue, producer=producer)
+            app.send_task(
+                task.name,
+                args=task.args,
+                task_id=task.task_id,
+                queue=queue,
+                producer=producer,
+            )
 
 
 def expected_counts(plan: list[PlannedTask]) -> Counter:
     return Counter(t.final for t in plan)
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: Callable[[], str] | str, poll: float = 0.5) -> Any:
+def wait_until(
+    check: Callable[[], Any],
+    timeout: float,
+    what: Callable[[], str] | str,
+    poll: float = 0.5,
+) -> Any:
     """Poll ``check`` until it returns something truthy; TimeoutError with ``what`` otherwise."""
     deadline = time.monotonic() + timeout
     while True:

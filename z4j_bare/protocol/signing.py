@@ -163,6 +163,14 @@ class Verifier:
         return f"Verifier(session_id={self._binding.session_id!r})"
 
     def verify(self, data: bytes | str) -> Frame:
+        obj, frame, received = self.open(data)
+        self.check_hmac(obj, received)
+        return self.accept(frame)
+
+    # The three steps are public so a receiver with a faster HMAC path (the local brain splices
+    # event batches) keeps exactly the same order and outcomes.
+    def open(self, data: bytes | str) -> tuple[dict[str, Any], Frame, str]:
+        """Parse the envelope of a signed frame; returns (raw object, frame, received hmac)."""
         obj = decode_json_object(data)
         frame = frame_from_object(obj)
         if frame.type not in SIGNED_TYPES:
@@ -170,6 +178,9 @@ class Verifier:
         received = obj.get("hmac")
         if not isinstance(received, str) or not received:
             raise SignatureError("frame has no hmac")
+        return obj, frame, received
+
+    def check_hmac(self, obj: dict[str, Any], received: str) -> None:
         envelope = {k: v for k, v in obj.items() if k != "hmac"}
         envelope.update(self._binding.as_dict())
         try:
@@ -178,6 +189,9 @@ class Verifier:
             raise SignatureError("frame cannot be canonicalized (NaN or Infinity)") from None
         if not hmac.compare_digest(expected, received):
             raise SignatureError("hmac mismatch")
+
+    def accept(self, frame: Frame) -> Frame:
+        """Checks after a good HMAC: command_result status, then the replay guard."""
         if frame.type is FrameType.COMMAND_RESULT and frame.payload.get("status") not in ("success", "failed"):
             raise ProtocolError("command_result status must be success or failed")
         self._guard.check(frame.seq, frame.nonce, frame.ts)

@@ -16,9 +16,8 @@ import hashlib
 import hmac
 from typing import Any
 
-from ..protocol import Frame, FrameType, ProtocolError, ReplayGuard, SessionBinding, SignatureError, compute_hmac
+from ..protocol import Frame, FrameType, SessionBinding, Verifier
 from ..protocol.canonical import json_string
-from ..protocol.frames import SIGNED_TYPES, decode_json_object, frame_from_object
 
 _FAST_KEYS = frozenset({"v", "id", "ts", "nonce", "seq", "hmac", "type", "payload"})
 STRICT_FRAME_BYTES = 64 * 1024
@@ -26,13 +25,11 @@ STRICT_FIRST_FRAMES = 8
 STRICT_EVERY = 8
 
 
-class BrainVerifier:
+class BrainVerifier(Verifier):
     """Verifies the frames of one session; returns the frame and, for event_batch, the events text."""
 
     def __init__(self, key: bytes, binding: SessionBinding, *, strict: bool = False) -> None:
-        self._key = key
-        self._binding = binding
-        self._guard = ReplayGuard()
+        super().__init__(key, binding)
         self._strict = strict
         self._frames = 0
         self._agent = json_string(binding.agent_id).encode("utf-8")
@@ -42,31 +39,15 @@ class BrainVerifier:
     def __repr__(self) -> str:
         return f"BrainVerifier(session_id={self._binding.session_id!r})"
 
-    def verify(self, raw: bytes) -> tuple[Frame, bytes | None]:
+    def verify(self, raw: bytes) -> tuple[Frame, bytes | None]:  # type: ignore[override]
         self._frames += 1
-        obj = decode_json_object(raw)
-        frame = frame_from_object(obj)
-        if frame.type not in SIGNED_TYPES:
-            raise ProtocolError(f"{frame.type.value} frame is not allowed after the handshake")
-        received = obj.get("hmac")
-        if not isinstance(received, str) or not received:
-            raise SignatureError("frame has no hmac")
+        obj, frame, received = self.open(raw)
         events_text = None
         if frame.type is FrameType.EVENT_BATCH:
             events_text = self._spliced(raw, obj, frame, received)
         if events_text is None or self._strict_due(len(raw)):
-            envelope = {k: v for k, v in obj.items() if k != "hmac"}
-            envelope.update(self._binding.as_dict())
-            try:
-                expected = compute_hmac(self._key, envelope)
-            except ValueError:
-                raise SignatureError("frame cannot be canonicalized (NaN or Infinity)") from None
-            if not hmac.compare_digest(expected, received):
-                raise SignatureError("hmac mismatch")
-        if frame.type is FrameType.COMMAND_RESULT and frame.payload.get("status") not in ("success", "failed"):
-            raise ProtocolError("command_result status must be success or failed")
-        self._guard.check(frame.seq, frame.nonce, frame.ts)
-        return frame, events_text
+            self.check_hmac(obj, received)
+        return self.accept(frame), events_text
 
     def _strict_due(self, size: int) -> bool:
         return (

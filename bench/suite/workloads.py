@@ -1,0 +1,329 @@
+"""The measurements: each function runs one agent (ours | ref | none) on one workload, returns a dict."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    CELERY_BROKER,
+    OUR_PY,
+    PROBES,
+    RQ_REDIS,
+    BrainProc,
+    CeleryWorker,
+    agent_env,
+    celery_producer,
+    clean_env,
+    outside_cwd,
+    publish_count_tasks,
+    python_for,
+    rq_worker_cmd,
+    unique,
+    wait_counter,
+)
+
+FINAL = ("success", "failure", "revoked", "rejected")
+
+
+def _tmp(prefix: str) -> str:
+    return tempfile.mkdtemp(prefix=f"z4j-bench-{prefix}-")
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+# ---------------------------------------------------------------------------------------------
+# brains: the local one (separate process) and the real one, behind one small interface
+
+
+class LocalTarget:
+    kind = "local"
+
+    def __init__(self, brain: BrainProc) -> None:
+        self.brain = brain
+
+    def mint(self, agent: str, engine: str) -> dict[str, str]:
+        return self.brain.mint(f"{agent}-{engine}")
+
+    def succeeded(self, engine: str) -> int:
+        return self.brain.call("count", engine=engine, kind="task.succeeded")["n"]
+
+    def wait_succeeded(self, engine: str, n: int, timeout: float) -> bool:
+        return self.brain.call("wait_count", engine=engine, kind="task.succeeded", n=n, timeout=timeout)["ok"]
+
+    def events(self, engine: str) -> int:
+        return self.brain.call("count", engine=engine)["n"]
+
+
+class RealTarget:
+    """The real z4j 1.13.0 brain; a fresh project per agent run so counts never mix."""
+
+    kind = "real"
+
+    def __init__(self, brain: Any) -> None:
+        self.brain = brain
+        self.project = ""
+
+    def mint(self, agent: str, engine: str) -> dict[str, str]:
+        self.project = f"{agent}-{engine}-{os.urandom(3).hex()}"
+        return self.brain.mint_agent(project=self.project, name=f"{agent}-{engine}").as_env()
+
+    def succeeded(self, engine: str) -> int:
+        return self.brain.task_count(self.project, state="success")
+
+    def wait_succeeded(self, engine: str, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.brain.task_count(self.project, state="success") < n:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+        return True
+
+    def events(self, engine: str) -> int | None:
+        return None  # the real brain's API has no event count; see events_per_task
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) bursts: first enqueue -> the brain shows every task final
+
+
+def celery_burst(agent: str, target: Any, n: int, ref_py: Path | None, timeout: float) -> dict[str, Any]:
+    home = _tmp(f"cb-{agent}")
+    queue = unique(f"burst-{agent}")
+    creds = target.mint(agent, "celery")
+    # the reference only captures prefork tasks with -E (real-brain.md); ours never needs it
+    worker = CeleryWorker(agent, agent_env(agent, creds, home), ref_py, queue=queue, events=agent == "ref",
+                          log_dir=home)
+    app = celery_producer()
+    key = f"bench:{queue}"
+    try:
+        publish_count_tasks(app, queue, key, 1)  # warm-up: worker ready, agent connected
+        if not target.wait_succeeded("celery", 1, 90):
+            raise RuntimeError(f"{agent}: warm-up task never reached the {target.kind} brain\n{worker.log()}")
+        events_before = target.events("celery")
+        t0 = time.perf_counter()
+        publish_count_tasks(app, queue, key, n)
+        t_worker = wait_counter(key, n + 1, timeout, f"celery burst ({agent})", worker) - t0
+        ok = target.wait_succeeded("celery", n + 1, timeout)
+        seconds = time.perf_counter() - t0
+        events = target.events("celery")
+    finally:
+        worker.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    out = {"agent": agent, "brain": target.kind, "engine": "celery", "tasks": n, "ok": ok, "seconds": seconds,
+           "worker_seconds": t_worker, "tasks_per_s": n / seconds}
+    if events is not None:
+        out["events"] = events - events_before
+    return out
+
+
+def rq_burst(agent: str, target: Any, n: int, ref_py: Path | None, timeout: float) -> dict[str, Any]:
+    from redis import Redis
+    from rq import Queue
+
+    home = _tmp(f"rb-{agent}")
+    queue = unique(f"burst-{agent}")
+    creds = target.mint(agent, "rq")
+    conn = Redis.from_url(RQ_REDIS)
+    q = Queue(queue, connection=conn)
+    log_path = os.path.join(home, "rq.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(rq_worker_cmd(agent, ref_py, queue, burst=False), env=clean_env(agent_env(agent, creds, home)),
+                                cwd=outside_cwd(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        q.enqueue("benchjobs.noop")
+        if not target.wait_succeeded("rq", 1, 90):
+            raise RuntimeError(f"{agent}: rq warm-up job never reached the {target.kind} brain\n"
+                               f"{Path(log_path).read_text()[-2000:]}")
+        events_before = target.events("rq")
+        t0 = time.perf_counter()
+        q.enqueue_many([Queue.prepare_data("benchjobs.noop") for _ in range(n)])
+        ok = target.wait_succeeded("rq", n + 1, timeout)
+        seconds = time.perf_counter() - t0
+        events = target.events("rq")
+    finally:
+        _stop(proc)
+        _flush(RQ_REDIS)
+        shutil.rmtree(home, ignore_errors=True)
+    out = {"agent": agent, "brain": target.kind, "engine": "rq", "tasks": n, "ok": ok, "seconds": seconds,
+           "tasks_per_s": n / seconds}
+    if events is not None:
+        out["events"] = events - events_before
+    return out
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+# ---------------------------------------------------------------------------------------------
+# probes in bare processes: synthetic end to end, backlog (memory, drain, CPU)
+
+
+def _probe_cmd(agent: str, ref_py: Path | None, *args: Any) -> list[str]:
+    if agent == "ref":
+        return [str(ref_py), "-P", str(PROBES / "agent_ref.py"), *map(str, args)]
+    return [str(OUR_PY), str(PROBES / "agent_ours.py"), *map(str, args)]
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def synthetic(agent: str, brain: BrainProc, n: int, ref_py: Path | None, cap: float) -> dict[str, Any]:
+    home = _tmp(f"syn-{agent}")
+    env = clean_env({**brain.mint(f"{agent}-syn"), "Z4J_HOME": home}, pythonpath=None)
+    before = brain.call("count")["n"]
+    args = ("synthetic", n) if agent == "ours" else ("synthetic", n, cap)
+    proc = subprocess.run(_probe_cmd(agent, ref_py, *args), env=env, cwd=outside_cwd(), capture_output=True,
+                          text=True, timeout=cap + 120)
+    shutil.rmtree(home, ignore_errors=True)
+    lines = _json_lines(proc.stdout)
+    if not lines:
+        raise RuntimeError(f"{agent} synthetic probe failed: {proc.stderr[-2000:]}")
+    res = lines[-1]
+    res["brain_events"] = brain.call("count")["n"] - before
+    res["events_per_s"] = res["events"] / res["seconds"]
+    return res
+
+
+def backlog(agent: str, brain: BrainProc, n: int, ref_py: Path | None, *, per_event: int, cap: float) -> dict[str, Any]:
+    home = _tmp(f"bl-{agent}")
+    env = clean_env({**brain.mint(f"{agent}-backlog"), "Z4J_HOME": home}, pythonpath=None)
+    brain.call("pause")
+    args = ("backlog", n, per_event) if agent == "ours" else ("backlog", n, cap)
+    proc = subprocess.Popen(_probe_cmd(agent, ref_py, *args), env=env, cwd=outside_cwd(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        filled = _read_stage(proc, "filled")
+        before = brain.call("count")["n"]
+        brain.call("resume")
+        proc.stdin.write("GO\n")
+        proc.stdin.flush()
+        drained = _read_stage(proc, "drained")
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        brain.call("resume")
+        shutil.rmtree(home, ignore_errors=True)
+    drained["brain_events"] = brain.call("count")["n"] - before
+    return {**filled, **drained}
+
+
+def _read_stage(proc: subprocess.Popen, stage: str) -> dict[str, Any]:
+    for line in proc.stdout:
+        if line.startswith("{"):
+            data = json.loads(line)
+            if data.get("stage") == stage:
+                return data
+    raise RuntimeError(f"probe exited before stage {stage!r} (exit {proc.poll()})")
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) per-task overhead
+
+
+def eager(agent: str, brain: BrainProc | None, calls: int, ref_py: Path | None) -> float:
+    """us per eager ``delay()`` call, in a fresh process (agent streaming to the local brain)."""
+    home = _tmp(f"eager-{agent}")
+    env = agent_env(agent, brain.mint(f"{agent}-eager") if brain and agent != "none" else None, home)
+    py = python_for(agent, ref_py)
+    cmd = [str(py), "-P", str(PROBES / "eager.py"), str(calls)]
+    proc = subprocess.run(cmd, env=clean_env(env), cwd=outside_cwd(), capture_output=True, text=True, timeout=300)
+    shutil.rmtree(home, ignore_errors=True)
+    lines = _json_lines(proc.stdout)
+    if not lines:
+        raise RuntimeError(f"eager probe ({agent}) failed: {proc.stderr[-2000:]}")
+    return lines[-1]["us_per_call"]
+
+
+def prefork(agent: str, brain: BrainProc, n: int, ref_py: Path | None) -> float:
+    """Seconds from first publish until a prefork -c2 worker has run n no-op tasks."""
+    home = _tmp(f"pf-{agent}")
+    queue = unique(f"pf-{agent}")
+    creds = brain.mint(f"{agent}-prefork") if agent != "none" else None
+    worker = CeleryWorker(agent, agent_env(agent, creds, home), ref_py, queue=queue, events=agent == "ref",
+                          log_dir=home)
+    app = celery_producer()
+    key = f"bench:{queue}"
+    try:
+        publish_count_tasks(app, queue, key, 20)
+        wait_counter(key, 20, 90, f"prefork warm-up ({agent})", worker)
+        if agent != "none":  # the agent is connected and streaming before the clock starts
+            engine_done = brain.call("wait_count", engine="celery", kind="task.succeeded", n=1, timeout=30)
+            if not engine_done["ok"]:
+                raise RuntimeError(f"prefork warm-up ({agent}): nothing reached the brain\n{worker.log()}")
+        time.sleep(0.5)
+        import redis
+
+        redis.Redis.from_url(CELERY_BROKER).delete(key)
+        t0 = time.perf_counter()
+        publish_count_tasks(app, queue, key, n)
+        return wait_counter(key, n, 300, f"prefork ({agent})", worker) - t0
+    finally:
+        worker.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def rq_fork(agent: str, brain: BrainProc, n: int, ref_py: Path | None) -> float:
+    """ms per job of ``rq worker --burst`` (fork): span from first start to last end, RQ's own stamps."""
+    from redis import Redis
+    from rq import Queue
+
+    home = _tmp(f"rqf-{agent}")
+    queue = unique(f"rqf-{agent}")
+    creds = brain.mint(f"{agent}-rqfork") if agent != "none" else None
+    conn = Redis.from_url(RQ_REDIS)
+    q = Queue(queue, connection=conn)
+    ids = [j.id for j in q.enqueue_many([Queue.prepare_data("benchjobs.noop") for _ in range(n)])]
+    try:
+        proc = subprocess.run(rq_worker_cmd(agent, ref_py, queue, burst=True), env=clean_env(agent_env(agent, creds, home)),
+                              cwd=outside_cwd(), capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rq worker ({agent}) failed: {proc.stderr[-2000:]}")
+        with conn.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(f"rq:job:{job_id}", [b"status", b"started_at", b"ended_at"])
+            rows = pipe.execute()
+        if any(r[0] != b"finished" for r in rows):
+            raise RuntimeError(f"rq ({agent}): not every job finished")
+        span = max(_epoch(r[2]) for r in rows) - min(_epoch(r[1]) for r in rows)
+        return span * 1000 / n
+    finally:
+        _flush(RQ_REDIS)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _epoch(raw: bytes) -> float:
+    from datetime import UTC, datetime
+
+    text = raw.decode()
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
