@@ -295,3 +295,29 @@ def test_secrets_never_in_repr_logs_or_wire(brain):
     wire = repr(brain.frames_received())
     for secret in (creds.token, creds.hmac_secret):
         assert secret not in text and secret not in wire
+
+
+def test_unexpected_error_in_session_reconnects_instead_of_dying(brain, monkeypatch):
+    import sqlite3
+
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine])
+    real_read = runtime.buffer.read
+    failures = []
+
+    def flaky_read(*args, **kwargs):
+        # A fault we cannot cause on demand for real: the disk failing under SQLite once.
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.buffer, "read", flaky_read)
+    runtime.start()
+    engine.emit_task("after-fault", "task.received")
+    assert runtime.flush(15), runtime.health()
+    assert failures and runtime.state is RuntimeState.RUNNING
+    assert [e["trigger"] for e in runtime.trace].count("handshake_ok") == 2
+    runtime.stop()
+    assert brain.event_count() == 1

@@ -60,6 +60,15 @@ PING_EVERY_SECONDS = 30.0
 TRACE_LEN = 64
 
 
+def _session_end(exc: BaseException, phase: str) -> SessionEnded:
+    if isinstance(exc, SessionEnded):
+        return exc
+    if isinstance(exc, (TransportError, ProtocolError, TimeoutError)):
+        return SessionEnded(getattr(exc, "backoff", BackoffClass.CONNECTION), f"{phase} failed: {exc}")
+    log.error("runtime.unexpected_error", phase=phase, error_type=type(exc).__name__)
+    return SessionEnded(BackoffClass.PROTOCOL, f"{phase} failed: unexpected {type(exc).__name__}")
+
+
 def _wall(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -289,58 +298,51 @@ class AgentRuntime:
                             retry_in_s=round(self._backoff.last_delay, 2), streak=streak)
 
     def _session_attempt(self) -> None:
+        """One connect + handshake + session. Every way it can end becomes a state edge; a failure
+        also becomes SessionEnded, whose backoff class tenacity's wait reads."""
         if self._stop_event.is_set():
             return
         conn = Connection(self.config.ws_url, self.config.token.reveal(), timeout=self.config.connect_timeout,
                           tls=TlsSettings(self.config.tls_verify, self.config.ca_bundle))
-        self._conn = conn
         try:
             conn.open()
-        except TransportError as exc:
-            self._conn = None
+        except Exception as exc:  # noqa: BLE001 - whatever it is, try again later
             self._fsm.trigger("connect_failed")
-            raise SessionEnded(exc.backoff, str(exc)) from None
+            raise _session_end(exc, "connect") from None
+        self._conn = conn
         self._fsm.trigger("connected")
         try:
             signer, verifier = self._handshake(conn)
-        except (TransportError, ProtocolError, TimeoutError) as exc:
-            conn.close()
-            self._conn = None
+        except Exception as exc:  # noqa: BLE001
+            self._close_session(conn, 1000)
             if self._stop_event.is_set():
                 return
             self._fsm.trigger("session_lost")
-            raise SessionEnded(getattr(exc, "backoff", BackoffClass.CONNECTION), f"handshake failed: {exc}") from None
+            raise _session_end(exc, "handshake") from None
         self._backoff.reset()
         self._last_connect_wall = time.time()
         self._fsm.trigger("handshake_ok")
         try:
             outcome = self._run(conn, signer, verifier)
-        except SessionEnded:
-            conn.close(1002)
-            self._conn = None
-            self._session = {}
+        except Exception as exc:  # noqa: BLE001 - a bug or a full disk ends the session, not the agent
+            self._close_session(conn, 1002)
             self._fsm.trigger("session_lost")
-            raise
-        except (TransportError, ProtocolError) as exc:
-            conn.close(1002)
-            self._conn = None
-            self._session = {}
-            self._fsm.trigger("session_lost")
-            raise SessionEnded(getattr(exc, "backoff", BackoffClass.CONNECTION), str(exc)) from None
+            raise _session_end(exc, "session") from None
         if outcome == "reconnect":
-            conn.close(1000)
-            self._conn = None
-            self._session = {}
+            self._close_session(conn, 1000)
             self._fsm.trigger("reconnect")
             raise SessionEnded(BackoffClass.CONNECTION, "reconnect requested", immediate=True)
         self._fsm.trigger("stop")
         try:
             self._drain(conn, signer, verifier)
         finally:
-            conn.close(1000)
-            self._conn = None
-            self._session = {}
+            self._close_session(conn, 1000)
             self._fsm.trigger("drained")
+
+    def _close_session(self, conn: Connection, code: int) -> None:
+        conn.close(code)
+        self._conn = None
+        self._session = {}
 
     def _hello_payload(self) -> dict[str, Any]:
         caps = {name: adapter.advertised_capabilities() for name, adapter in self.engines.items()}
@@ -425,8 +427,8 @@ class AgentRuntime:
                 if not moved and self.outbox.idle and not self._controls and self.buffer.depth() == 0:
                     return
                 self._receive(conn, verifier, min(IDLE_POLL_SECONDS, max(0.0, self._stop_deadline - time.monotonic())))
-        except (TransportError, ProtocolError, SessionEnded) as exc:
-            log.warning("runtime.drain_interrupted", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever is left stays buffered for the next process
+            log.warning("runtime.drain_interrupted", reason=str(_session_end(exc, "drain")))
 
     def _next_request(self) -> str | None:
         try:
