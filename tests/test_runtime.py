@@ -321,3 +321,11 @@ def test_unexpected_error_in_session_reconnects_instead_of_dying(brain, monkeypa
     assert [e["trigger"] for e in runtime.trace].count("handshake_ok") == 2
     runtime.stop()
     assert brain.event_count() == 1
+
+
+def test_stop_before_start_goes_straight_to_stopped(brain):
+    runtime = _runtime(brain.mint_agent(), [RecordingEngine()])
+    assert runtime.state is RuntimeState.INIT
+    assert runtime.stop(1) is True
+    assert runtime.state is RuntimeState.STOPPED
+    assert [(e["source"], e["dest"]) for e in runtime.trace] == [("init", "stopped")]

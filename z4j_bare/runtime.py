@@ -57,6 +57,8 @@ log = structlog.get_logger("z4j_bare.runtime")
 COMPAT_AGENT_VERSION = "1.13.0"
 IDLE_POLL_SECONDS = 0.05
 PING_EVERY_SECONDS = 30.0
+# A sibling agent of this deployment that died leaves its buffer file; look for such orphans.
+ADOPT_EVERY_SECONDS = 60.0
 TRACE_LEN = 64
 
 
@@ -192,8 +194,8 @@ class AgentRuntime:
                 if conn is not None:
                     conn.abort()
                 thread.join(max(0.0, deadline - time.monotonic()))
-        elif first:
-            self.stop_trigger()
+        elif first and self.state is not RuntimeState.STOPPED:
+            self._fsm.trigger("stop")  # never started: INIT -> STOPPED
         if first:
             for adapter in self.engines.values():
                 safe_call(adapter.detach, site="runtime.detach")
@@ -204,10 +206,6 @@ class AgentRuntime:
         if first:
             log.info("runtime.stopped", drained=drained, buffered=self.buffer.depth())
         return drained
-
-    def stop_trigger(self) -> None:
-        if self.state is not RuntimeState.STOPPED:
-            self._fsm.trigger("stop")
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every buffered row has been delivered (events acked); False on timeout."""
@@ -400,6 +398,7 @@ class AgentRuntime:
     def _run(self, conn: Connection, signer: Signer, verifier: Verifier) -> str:
         next_beat = 0.0
         next_ping = time.monotonic() + PING_EVERY_SECONDS
+        next_adopt = time.monotonic() + ADOPT_EVERY_SECONDS
         send = conn.send
         while True:
             request = self._next_request()
@@ -413,6 +412,9 @@ class AgentRuntime:
             if now >= next_ping:
                 conn.ping()
                 next_ping = now + PING_EVERY_SECONDS
+            if now >= next_adopt:
+                safe_call(self.buffer.adopt_orphans, site="runtime.adopt_orphans")
+                next_adopt = now + ADOPT_EVERY_SECONDS
             moved = self.outbox.pump(signer, send)
             self.outbox.resend_due(signer, send)
             self._receive(conn, verifier, 0.0 if moved else IDLE_POLL_SECONDS)
