@@ -49,3 +49,15 @@ def test_forked_children_do_not_repeat_parent_ids():
     child_ids = os.read(read, 4096).decode().split()
     parent_next = new_event_id()
     assert len(set(child_ids + [parent_next])) == 3
+
+
+@pytest.mark.parametrize("task_id", ["abc", None, 'q"uote', "ünï"])
+def test_event_text_fast_path_equals_canonical_encoding(task_id):
+    from z4j_bare.events import event_text
+
+    data = {"b": [1, 2.5, None], "a": {"z": "Zoë", "y": True}, "task_name": "x.y"}
+    text = event_text("task.started", "celery", task_id, data, 1795899890.643607)
+    event = json.loads(text)
+    assert text == encode_event(event)  # canonical: sorted keys, compact, UTF-8 kept
+    expected = build_event("task.started", "celery", task_id, data, 1795899890.643607)
+    assert {k: v for k, v in event.items() if k != "id"} == {k: v for k, v in expected.items() if k != "id"}

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "bench" / "suite"
@@ -107,6 +107,12 @@ class BrainProc:
             raise RuntimeError("local brain process died")
         return json.loads(line)
 
+    def cpu_seconds(self) -> float:
+        """CPU (user + system) the brain process has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def mint(self, name: str = "bench") -> dict[str, str]:
         return self.call("mint", name=name, project="bench")["env"]
 
@@ -120,7 +126,7 @@ class BrainProc:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def __enter__(self) -> BrainProc:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -67,7 +67,7 @@ def write_docs(path: Path, section: str) -> None:
     text = path.read_text()
     block = f"{START}\n{section.rstrip()}\n{END}\n"
     if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END) + r"\n?", lambda _m: block, text, flags=re.S)
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END) + r"\n?", lambda _m: block, text, flags=re.DOTALL)
     else:
         lines = text.splitlines(keepends=True)
         title = next(i for i, line in enumerate(lines) if line.startswith("# "))

@@ -48,19 +48,30 @@ def _flush(url: str) -> None:
 
 
 class LocalTarget:
+    """The shared local brain; counts are taken relative to the moment the run's agent was minted."""
+
     kind = "local"
 
     def __init__(self, brain: BrainProc) -> None:
         self.brain = brain
+        self.base_succeeded = 0
 
     def mint(self, agent: str, engine: str) -> dict[str, str]:
+        self.rebase(engine)
         return self.brain.mint(f"{agent}-{engine}")
 
-    def succeeded(self, engine: str) -> int:
+    def _count(self, engine: str) -> int:
         return self.brain.call("count", engine=engine, kind="task.succeeded")["n"]
 
+    def succeeded(self, engine: str) -> int:
+        return self._count(engine) - self.base_succeeded
+
+    def rebase(self, engine: str) -> None:
+        self.base_succeeded = self._count(engine)
+
     def wait_succeeded(self, engine: str, n: int, timeout: float) -> bool:
-        return self.brain.call("wait_count", engine=engine, kind="task.succeeded", n=n, timeout=timeout)["ok"]
+        return self.brain.call("wait_count", engine=engine, kind="task.succeeded", n=self.base_succeeded + n,
+                               timeout=timeout)["ok"]
 
     def events(self, engine: str) -> int:
         return self.brain.call("count", engine=engine)["n"]
@@ -74,17 +85,22 @@ class RealTarget:
     def __init__(self, brain: Any) -> None:
         self.brain = brain
         self.project = ""
+        self.base = 0
 
     def mint(self, agent: str, engine: str) -> dict[str, str]:
         self.project = f"{agent}-{engine}-{os.urandom(3).hex()}"
+        self.base = 0
         return self.brain.mint_agent(project=self.project, name=f"{agent}-{engine}").as_env()
 
     def succeeded(self, engine: str) -> int:
-        return self.brain.task_count(self.project, state="success")
+        return self.brain.task_count(self.project, state="success") - self.base
+
+    def rebase(self, engine: str) -> None:
+        self.base += self.succeeded(engine)
 
     def wait_succeeded(self, engine: str, n: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while self.brain.task_count(self.project, state="success") < n:
+        while self.succeeded(engine) < n:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.25)
@@ -98,6 +114,28 @@ class RealTarget:
 # (a) bursts: first enqueue -> the brain shows every task final
 
 
+def warm_up(target: Any, engine: str, send_one: Any, settled: Any, describe: Any, timeout: float = 120) -> None:
+    """Send a task every 3 s until one reaches the brain (worker up, agent connected and capturing).
+
+    The reference's prefork capture listens to broker events from ``worker_ready`` on: a task
+    that ran before that is never reported, so one warm-up task is not always enough. Once one
+    arrived, wait until the worker ran every warm-up task plus a second, then count from zero.
+    """
+    deadline = time.monotonic() + timeout
+    sent, last = 0, 0.0
+    while target.succeeded(engine) < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no warm-up {engine} task reached the {target.kind} brain in {timeout:.0f} s\n{describe()}")
+        if time.monotonic() - last > 3:
+            send_one()
+            sent, last = sent + 1, time.monotonic()
+        time.sleep(0.05)
+    while not settled(sent) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(1.0)
+    target.rebase(engine)
+
+
 def celery_burst(agent: str, target: Any, n: int, ref_py: Path | None, timeout: float) -> dict[str, Any]:
     home = _tmp(f"cb-{agent}")
     queue = unique(f"burst-{agent}")
@@ -108,14 +146,17 @@ def celery_burst(agent: str, target: Any, n: int, ref_py: Path | None, timeout: 
     app = celery_producer()
     key = f"bench:{queue}"
     try:
-        publish_count_tasks(app, queue, key, 1)  # warm-up: worker ready, agent connected
-        if not target.wait_succeeded("celery", 1, 90):
-            raise RuntimeError(f"{agent}: warm-up task never reached the {target.kind} brain\n{worker.log()}")
+        import redis
+
+        counter = redis.Redis.from_url(CELERY_BROKER)
+        warm_up(target, "celery", lambda: publish_count_tasks(app, queue, key, 1),
+                lambda sent: int(counter.get(key) or 0) >= sent, worker.log)
+        counter.delete(key)
         events_before = target.events("celery")
         t0 = time.perf_counter()
         publish_count_tasks(app, queue, key, n)
-        t_worker = wait_counter(key, n + 1, timeout, f"celery burst ({agent})", worker) - t0
-        ok = target.wait_succeeded("celery", n + 1, timeout)
+        t_worker = wait_counter(key, n, timeout, f"celery burst ({agent})", worker) - t0
+        ok = target.wait_succeeded("celery", n, timeout)
         seconds = time.perf_counter() - t0
         events = target.events("celery")
     finally:
@@ -142,14 +183,12 @@ def rq_burst(agent: str, target: Any, n: int, ref_py: Path | None, timeout: floa
         proc = subprocess.Popen(rq_worker_cmd(agent, ref_py, queue, burst=False), env=clean_env(agent_env(agent, creds, home)),
                                 cwd=outside_cwd(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        q.enqueue("benchjobs.noop")
-        if not target.wait_succeeded("rq", 1, 90):
-            raise RuntimeError(f"{agent}: rq warm-up job never reached the {target.kind} brain\n"
-                               f"{Path(log_path).read_text()[-2000:]}")
+        warm_up(target, "rq", lambda: q.enqueue("benchjobs.noop"), lambda sent: q.count == 0 and not q.started_job_registry.count,
+                lambda: Path(log_path).read_text()[-2000:])
         events_before = target.events("rq")
         t0 = time.perf_counter()
         q.enqueue_many([Queue.prepare_data("benchjobs.noop") for _ in range(n)])
-        ok = target.wait_succeeded("rq", n + 1, timeout)
+        ok = target.wait_succeeded("rq", n, timeout)
         seconds = time.perf_counter() - t0
         events = target.events("rq")
     finally:
@@ -194,7 +233,7 @@ def synthetic(agent: str, brain: BrainProc, n: int, ref_py: Path | None, cap: fl
     env = clean_env({**brain.mint(f"{agent}-syn"), "Z4J_HOME": home}, pythonpath=None)
     before = brain.call("count")["n"]
     args = ("synthetic", n) if agent == "ours" else ("synthetic", n, cap)
-    proc = subprocess.run(_probe_cmd(agent, ref_py, *args), env=env, cwd=outside_cwd(), capture_output=True,
+    proc = subprocess.run(_probe_cmd(agent, ref_py, *args), check=False, env=env, cwd=outside_cwd(), capture_output=True,
                           text=True, timeout=cap + 120)
     shutil.rmtree(home, ignore_errors=True)
     lines = _json_lines(proc.stdout)
@@ -217,9 +256,11 @@ def backlog(agent: str, brain: BrainProc, n: int, ref_py: Path | None, *, per_ev
         filled = _read_stage(proc, "filled")
         before = brain.call("count")["n"]
         brain.call("resume")
+        brain_cpu0 = brain.cpu_seconds()
         proc.stdin.write("GO\n")
         proc.stdin.flush()
         drained = _read_stage(proc, "drained")
+        drained["brain_cpu_seconds"] = brain.cpu_seconds() - brain_cpu0
         proc.wait(30)
     finally:
         if proc.poll() is None:
@@ -250,7 +291,7 @@ def eager(agent: str, brain: BrainProc | None, calls: int, ref_py: Path | None) 
     env = agent_env(agent, brain.mint(f"{agent}-eager") if brain and agent != "none" else None, home)
     py = python_for(agent, ref_py)
     cmd = [str(py), "-P", str(PROBES / "eager.py"), str(calls)]
-    proc = subprocess.run(cmd, env=clean_env(env), cwd=outside_cwd(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, check=False, env=clean_env(env), cwd=outside_cwd(), capture_output=True, text=True, timeout=300)
     shutil.rmtree(home, ignore_errors=True)
     lines = _json_lines(proc.stdout)
     if not lines:
@@ -268,16 +309,18 @@ def prefork(agent: str, brain: BrainProc, n: int, ref_py: Path | None) -> float:
     app = celery_producer()
     key = f"bench:{queue}"
     try:
-        publish_count_tasks(app, queue, key, 20)
-        wait_counter(key, 20, 90, f"prefork warm-up ({agent})", worker)
-        if agent != "none":  # the agent is connected and streaming before the clock starts
-            engine_done = brain.call("wait_count", engine="celery", kind="task.succeeded", n=1, timeout=30)
-            if not engine_done["ok"]:
-                raise RuntimeError(f"prefork warm-up ({agent}): nothing reached the brain\n{worker.log()}")
-        time.sleep(0.5)
         import redis
 
-        redis.Redis.from_url(CELERY_BROKER).delete(key)
+        counter = redis.Redis.from_url(CELERY_BROKER)
+        publish_count_tasks(app, queue, key, 20)  # both pool children have run tasks
+        wait_counter(key, 20, 90, f"prefork warm-up ({agent})", worker)
+        if agent != "none":  # the agent is connected and capturing before the clock starts
+            target = LocalTarget(brain)
+            target.rebase("celery")
+            warm_up(target, "celery", lambda: publish_count_tasks(app, queue, key, 1),
+                    lambda sent: int(counter.get(key) or 0) >= 20 + sent, worker.log)
+        time.sleep(0.5)
+        counter.delete(key)
         t0 = time.perf_counter()
         publish_count_tasks(app, queue, key, n)
         return wait_counter(key, n, 300, f"prefork ({agent})", worker) - t0
@@ -298,7 +341,7 @@ def rq_fork(agent: str, brain: BrainProc, n: int, ref_py: Path | None) -> float:
     q = Queue(queue, connection=conn)
     ids = [j.id for j in q.enqueue_many([Queue.prepare_data("benchjobs.noop") for _ in range(n)])]
     try:
-        proc = subprocess.run(rq_worker_cmd(agent, ref_py, queue, burst=True), env=clean_env(agent_env(agent, creds, home)),
+        proc = subprocess.run(rq_worker_cmd(agent, ref_py, queue, burst=True), check=False, env=clean_env(agent_env(agent, creds, home)),
                               cwd=outside_cwd(), capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"rq worker ({agent}) failed: {proc.stderr[-2000:]}")
@@ -319,7 +362,7 @@ def _epoch(raw: bytes) -> float:
     from datetime import UTC, datetime
 
     text = raw.decode()
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()

@@ -194,21 +194,26 @@ def celery_producer():
 
 
 def clean_celery_queue(queue: str) -> None:
+    """Delete the queue's lists (kombu keeps one per priority step) and its binding sets."""
     import redis
 
     with contextlib.suppress(Exception):
         client = redis.Redis.from_url(CELERY_BROKER)
-        keys = list(
-            client.scan_iter(match=queue + "*")
-        )  # kombu keeps one list per priority step
-        if keys:
-            client.delete(*keys)
+        keys = [*client.scan_iter(match=queue + "*")]
+        keys += [f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
+        client.delete(*keys)
 
 
 def clean_rq_queues(names: list[str]) -> None:
+    """Delete the queues, their registries, and the jobs (and results) that came from them."""
     import redis
 
     client = redis.Redis.from_url(RQ_REDIS_URL)
+    origins = {name.encode() for name in names}
+    for key in client.scan_iter(match="rq:job:*"):
+        if client.type(key) == b"hash" and client.hget(key, "origin") in origins:
+            job_id = key.decode().removeprefix("rq:job:")
+            client.delete(key, f"rq:results:{job_id}", f"rq:job:{job_id}:dependents")
     for name in names:
         for key in client.scan_iter(match=f"rq:*{name}*"):
             client.delete(key)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
-from ..events import build_event, encode_event
+from ..events import event_text
 
 if TYPE_CHECKING:
     from ..buffer import BufferStore
@@ -99,7 +99,7 @@ class EventSink:
         return self._buffer
 
     def encode(self, kind: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> str:
-        return encode_event(build_event(kind, self.engine, task_id, self._redactor.scrub_data(data), occurred_at))
+        return event_text(kind, self.engine, task_id, self._redactor.scrub_data(data), occurred_at)
 
     def emit(self, kind: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> bool:
         """Make one event durable; False (and counted) if it could not be."""

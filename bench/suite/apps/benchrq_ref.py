@@ -7,6 +7,7 @@ Only ever imported by the reference venv's interpreter.
 """
 
 from rq import Worker as _RqWorker
+
 from z4j_rq import register_worker_bootstrap
 
 register_worker_bootstrap()

@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procstat  # noqa: E402
+import logging
 
-import logging  # noqa: E402
-
-import redis  # noqa: E402  (the host's own libraries: part of the baseline, not of the agent)
-import rq  # noqa: E402,F401
-import structlog  # noqa: E402
+import procstat
+import redis
+import rq  # noqa: F401
+import structlog
 
 # This script is the host application: keep stdout for the JSON results.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),

@@ -22,10 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procstat  # noqa: E402
-
-import redis  # noqa: E402  (the host's own libraries: part of the baseline)
-import rq  # noqa: E402,F401
+import procstat
+import redis
+import rq  # noqa: F401
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 

@@ -17,7 +17,7 @@ import time
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 os.environ.setdefault("Z4J_BENCH_QUEUE", "z4jbench-eager")
 
-from benchcelery import AGENT, app  # noqa: E402
+from benchcelery import AGENT, app
 
 app.conf.task_always_eager = True
 app.conf.task_store_eager_result = False
