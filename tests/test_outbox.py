@@ -71,3 +71,19 @@ def test_ack_deletes_exactly_the_batch(buffer):
     assert outbox.on_ack(_frames(sent)[0]["id"]) == n
     assert buffer.depth() == 20000 - n
     assert outbox.on_ack("ev_unknown") == 0
+
+
+def test_withheld_ack_is_resent_even_while_later_batches_are_acked(buffer):
+    clock, sent = Clock(), []
+    outbox = Outbox(buffer, max_inflight=3, resend_after=90, clock=clock)
+    signer = Signer(KEY, BINDING)
+    outbox.pump(signer, sent.append)
+    first, second, third = _frames(sent)
+    for t, frame in ((30, second), (60, third)):  # the brain withholds the first ack only
+        clock.now = t
+        outbox.on_ack(frame["id"])
+    clock.now = 89
+    assert outbox.resend_due(signer, sent.append) == 0
+    clock.now = 91
+    assert outbox.resend_due(signer, sent.append) == len(first["payload"]["events"])
+    assert _frames(sent)[-1]["id"] == first["id"]

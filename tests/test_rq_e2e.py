@@ -107,7 +107,7 @@ def test_fork_worker_reports_every_outcome(brain, redis_conn, producer, worker_e
     # second: it dedupes on kind + whole-second occurred_at.)
     assert kinds.count("task.retried") == 1 and kinds.index("task.retried") < kinds.index("task.failed")
     retry_ev = events_of(brain, retried.id)["task.retried"]["data"]
-    assert retry_ev["retries_left"] == 0
+    assert retry_ev["retries_left"] == 0 and retry_ev["retry_count"] == 1
 
     # A horse killed with SIGKILL never reports anything itself: the parent does.
     brain.wait_for_task_state("rq", killed.id, "FAILURE", timeout=10)

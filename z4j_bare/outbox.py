@@ -172,13 +172,17 @@ class Outbox:
 
     # -- acks and resends --------------------------------------------------------------------
     def on_ack(self, acked_id: str) -> int:
+        was_head = bool(self._inflight) and next(iter(self._inflight)) == acked_id
         batch = self._inflight.pop(acked_id, None)
         if batch is None:
             return 0
         now = self._clock()
         self._buffer.delete(batch.row_ids)
         self._learn_rate(len(batch.row_ids), now - max(self._head_since, batch.sent_at))
-        self._head_since = now
+        if was_head:
+            # Only a new head starts a new wait: a batch whose ack the brain withheld must not be
+            # kept waiting forever by acks for the batches sent after it.
+            self._head_since = now
         self.stats.events_acked += len(batch.row_ids)
         self.stats.last_ack_at = now
         self.stats.last_flush_wall = time.time()

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import structlog
 
+from ..forkguard import fork_safe
 from ..safety import safe_call
 from .base import CommandFailed, CommandRequest, EngineAdapter, EventSink
 from .celery_broker import MAX_QUEUES, BrokerClient, BrokerError
@@ -147,6 +148,7 @@ class CeleryEngineAdapter(EngineAdapter):
             names.update(dict.fromkeys(list(self.capture.seen_queues)))
         return [n for n in names if isinstance(n, str) and n][:MAX_QUEUES]
 
+    @fork_safe
     def health(self) -> dict[str, Any]:
         broker = self.broker
         out: dict[str, Any] = {"broker_type": broker.type}
@@ -170,6 +172,7 @@ class CeleryEngineAdapter(EngineAdapter):
             out["pending_events"] = len(self.capture.batcher._events)
         return out
 
+    @fork_safe
     def queue_depth(self, queue: str) -> int | None:
         try:
             return self.broker.depth(queue)

@@ -108,7 +108,12 @@ class Capture:
             (EventKind.TASK_RECEIVED.value, job.id, received, info.to_epoch(job.enqueued_at) or now),
             (EventKind.TASK_STARTED.value, job.id, base, now),
         ])
-        return {"base": base, "started": now}
+        ctx = {"base": base, "started": now}
+        if getattr(job, "retries_left", None) is not None:
+            # RQ's Retry policy only decrements retries_left and keeps no attempt count: keep
+            # our own, for jobs that have a policy only (one INCR per attempt).
+            ctx["attempt"] = safe_call(_count_attempt, worker.connection, job.id, site="rq.count_attempt")
+        return ctx
 
     def after(self, worker: Any, job: Any, ctx: dict[str, Any], in_process: bool) -> None:
         outcome = _memory_outcome(job) if in_process else None
@@ -117,7 +122,20 @@ class Capture:
         event = terminal_event(outcome, ctx["base"], ctx["started"])
         if event is not None:
             kind, data, occurred = event
+            if kind == EventKind.TASK_RETRIED.value and data.get("retry_count") is None:
+                data["retry_count"] = ctx.get("attempt")
             self.sink.emit(kind, job.id, data, occurred)
+
+
+ATTEMPTS_TTL_SECONDS = 7 * 86400
+
+
+def _count_attempt(connection: Any, job_id: str) -> int:
+    key = f"z4j:rq:attempts:{job_id}"
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, ATTEMPTS_TTL_SECONDS)
+        return int(pipe.execute()[0])
 
 
 def _memory_outcome(job: Any) -> dict[str, Any] | None:
