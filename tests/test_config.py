@@ -20,7 +20,7 @@ from z4j_bare.config import (
     options_help_text,
 )
 
-VECTORS = json.loads(Path("/work/shared/spec/vectors.json").read_text())["hmac_secret_decoding"]
+VECTORS = json.loads((Path(__file__).parent / "vectors.json").read_text())["hmac_secret_decoding"]
 
 TOKEN = "tok_Sup3rSecretBearerValue_xyz"
 HMAC = "8wju2tRUuNkVXAcDJH4wM6sFL0E8-smGhfiLl0A9mEs="

@@ -29,7 +29,7 @@ from z4j_bare.testing import AgentCredentials, CommandRecord, LocalBrain, brain_
 from z4j_bare.testing.ingest import occurred_at_seconds
 from z4j_bare.testing.peer import RawPeer, make_event
 
-VECTORS = json.loads((Path("/work/shared/spec/vectors.json")).read_text())
+VECTORS = json.loads((Path(__file__).parent / "vectors.json").read_text())
 REPO = Path(__file__).resolve().parents[1]
 
 
