@@ -87,3 +87,22 @@ def test_withheld_ack_is_resent_even_while_later_batches_are_acked(buffer):
     clock.now = 91
     assert outbox.resend_due(signer, sent.append) == len(first["payload"]["events"])
     assert _frames(sent)[-1]["id"] == first["id"]
+
+
+def test_partial_batches_linger_but_full_batches_and_drain_do_not(tmp_path):
+    store = BufferStore(tmp_path / "l.sqlite")
+    clock, sent = Clock(), []
+    outbox = Outbox(store, max_inflight=4, clock=clock)
+    signer = Signer(KEY, BINDING)
+    store.append("event", json.dumps({"id": "a"}), "celery")
+    clock.now = 10.0
+    assert outbox.pump(signer, sent.append) == 1  # after a quiet spell: at once
+    store.append("event", json.dumps({"id": "b"}), "celery")
+    clock.now = 10.01
+    assert outbox.pump(signer, sent.append) == 0  # a partial batch waits for company
+    clock.now = 10.06
+    assert outbox.pump(signer, sent.append) == 1  # ... but not longer than the linger
+    store.append("event", json.dumps({"id": "c"}), "celery")
+    clock.now = 10.07
+    assert outbox.pump(signer, sent.append, linger=False) == 1  # the final drain never waits
+    store.close()

@@ -700,7 +700,6 @@ class BufferStore:
             except BaseException:
                 self._rollback(conn)
                 raise
-            self._budget_rows = 0  # room changed: recompute at next append
         self._maybe_checkpoint()
         return removed
 

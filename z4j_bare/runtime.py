@@ -425,7 +425,7 @@ class AgentRuntime:
         try:
             while time.monotonic() < self._stop_deadline:
                 self._send_controls(signer, send)
-                moved = self.outbox.pump(signer, send)
+                moved = self.outbox.pump(signer, send, linger=False)
                 if not moved and self.outbox.idle and not self._controls and self.buffer.depth() == 0:
                     return
                 self._receive(conn, verifier, min(IDLE_POLL_SECONDS, max(0.0, self._stop_deadline - time.monotonic())))
