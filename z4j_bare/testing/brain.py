@@ -213,6 +213,7 @@ class LocalBrain:
             except Exception:
                 log.warning("brain.stop_unclean", exc_info=True)
             self._shutdown_loop()
+            self._store.flush()  # the task projection reaches the file even if nobody read it
             log.info("brain.stopped")
 
     def close(self) -> None:

@@ -233,7 +233,7 @@ def _name_is_placeholder(name: Any) -> bool:
 
 
 def merge_task_rows(old: list[Any], new: list[Any]) -> list[Any]:
-    """Apply ``new`` on top of ``old`` with the same rules as the store's UPSERT."""
+    """Apply ``new`` on top of ``old`` (the rules of the task projection: the newest event owns the state)."""
     out = list(old)
     if new[_I["last_event_at"]] >= old[_I["last_event_at"]]:
         out[_I["state"]] = new[_I["state"]]

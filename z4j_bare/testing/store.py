@@ -3,9 +3,11 @@
 One connection guarded by a lock: ingest runs on the brain's storage thread, queries run on
 whatever thread a test calls from. Each event_batch is one transaction: the frame's events
 text is stored once (``batches``), each kept event is a narrow row keyed by its dedupe id
-(``INSERT OR IGNORE`` on the rowid, no second index), and the projection is one executemany
-UPSERT of rows already merged per task. That layout is what keeps ingest well above 50k
-events/s; the cost moves to reads, which decode a batch's JSON when an event is asked for.
+(``INSERT OR IGNORE`` on the rowid, no second index), and the task projection is merged in
+memory (ingest.merge_task_rows: the newest event owns the state, descriptive fields keep the
+last non-null value) and written to the tasks table when something reads it or the brain stops.
+That layout keeps per-event ingest cheap; the cost moves to reads, which decode a batch's JSON
+when an event is asked for.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from .ingest import TASK_COLUMNS, iso_utc, prepare_batch, row_key
+from .ingest import TASK_COLUMNS, iso_utc, merge_task_rows, prepare_batch, row_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -62,33 +64,17 @@ CREATE TABLE IF NOT EXISTS tasks (
 _INSERT_BATCH = "INSERT INTO batches (seq, frame_id, project_id, agent_id, received_at, events) VALUES (?,?,?,?,?,?)"
 _INSERT_EVENT = "INSERT OR IGNORE INTO events (key, id, batch, idx, engine, task_id, kind, occurred_at) VALUES (?,?,?,?,?,?,?,?)"
 
-# The newest event (by occurred_at) owns the state, so a late resend of an older event never
-# regresses a finished task; descriptive fields keep the last non-null value seen.
-# (ingest.merge_task_rows applies the same rules inside one batch.)
-_UPSERT_TASK = f"""
-INSERT INTO tasks ({", ".join(TASK_COLUMNS)})
-VALUES (?,?,?,?,?,?, COALESCE(?, 'unknown'), ?,?, COALESCE(?, 'normal'), ?,?,?,?,?,?,?,?, COALESCE(?, 0), ?,?,?,?)
-ON CONFLICT (key) DO UPDATE SET
-    agent_id = excluded.agent_id,
-    state = CASE WHEN excluded.last_event_at >= tasks.last_event_at THEN excluded.state ELSE tasks.state END,
-    last_kind = CASE WHEN excluded.last_event_at >= tasks.last_event_at THEN excluded.last_kind ELSE tasks.last_kind END,
-    last_event_at = MAX(excluded.last_event_at, tasks.last_event_at),
-    task_name = CASE WHEN excluded.task_name = 'unknown' OR excluded.task_name LIKE '<unknown%'
-                     THEN tasks.task_name ELSE excluded.task_name END,
-    priority = CASE WHEN excluded.priority = 'normal' THEN tasks.priority ELSE excluded.priority END,
-    queue = COALESCE(excluded.queue, tasks.queue),
-    worker = COALESCE(excluded.worker, tasks.worker),
-    tags = COALESCE(excluded.tags, tasks.tags),
-    args_from = COALESCE(excluded.args_from, tasks.args_from),
-    result_from = COALESCE(excluded.result_from, tasks.result_from),
-    parent_task_id = COALESCE(excluded.parent_task_id, tasks.parent_task_id),
-    root_task_id = COALESCE(excluded.root_task_id, tasks.root_task_id),
-    runtime_ms = COALESCE(excluded.runtime_ms, tasks.runtime_ms),
-    exception = COALESCE(excluded.exception, tasks.exception),
-    traceback = COALESCE(excluded.traceback, tasks.traceback),
-    retry_count = MAX(excluded.retry_count, tasks.retry_count),
-    updated_at = excluded.updated_at
-"""
+
+_REPLACE_TASK = (
+    "INSERT OR REPLACE INTO tasks (" + ", ".join(TASK_COLUMNS) + ") VALUES (" + ", ".join("?" * len(TASK_COLUMNS)) + ")"
+)
+_DEFAULTS = {TASK_COLUMNS.index("task_name"): "unknown", TASK_COLUMNS.index("priority"): "normal",
+             TASK_COLUMNS.index("retry_count"): 0}
+
+
+def _with_defaults(row: list[Any]) -> tuple:
+    return tuple(_DEFAULTS.get(i, value) if value is None else value for i, value in enumerate(row))
+
 
 _EVENT_SELECT = (
     "SELECT e.id, e.batch, e.idx, e.engine, e.task_id, e.kind, e.occurred_at, b.project_id, b.agent_id,"
@@ -116,9 +102,16 @@ class BrainStore:
         self._next_batch = (self._conn.execute("SELECT MAX(seq) FROM batches").fetchone()[0] or 0) + 1
         self._decoded: OrderedDict[int, list[Any]] = OrderedDict()
         self.slow_ingest_per_event = 0.0
+        # The task projection lives in memory and reaches the tasks table when someone reads it:
+        # an UPSERT of 23 columns per event was the brain's most expensive ingest step.
+        self._tasks: dict[int, list[Any]] = {
+            row[0]: list(row) for row in self._conn.execute(f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks")
+        }
+        self._dirty: set[int] = set()
 
     def close(self) -> None:
         with self._lock:
+            self._flush_tasks()
             self._conn.close()
 
     # -- ingest (one storage thread) -----------------------------------------------------------
@@ -153,18 +146,43 @@ class BrainStore:
                 accepted = conn.total_changes - before
                 if accepted == 0:
                     conn.execute("DELETE FROM batches WHERE seq = ?", (batch,))
-                elif task_rows:
-                    conn.executemany(_UPSERT_TASK, task_rows)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if accepted:
+                projection, dirty = self._tasks, self._dirty
+                for row in task_rows:
+                    prior = projection.get(row[0])
+                    projection[row[0]] = list(row) if prior is None else merge_task_rows(prior, row)
+                    dirty.add(row[0])
         return accepted, notes
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_tasks()
+
+    def _flush_tasks(self) -> None:
+        """Write changed projection rows to the tasks table (caller holds ``_lock``)."""
+        if not self._dirty:
+            return
+        rows = [_with_defaults(self._tasks[key]) for key in self._dirty]
+        self._dirty = set()
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(_REPLACE_TASK, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     # -- queries (any thread) ------------------------------------------------------------------
 
     def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         with self._lock:
+            if "FROM tasks" in sql:
+                self._flush_tasks()
             return self._conn.execute(sql, params).fetchall()
 
     @staticmethod
