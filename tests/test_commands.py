@@ -147,3 +147,23 @@ def test_orchestrator_detection(tmp_path, env, files, pid, expected):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert (detect_orchestrator(env, tmp_path, pid) is not None) is expected
+
+
+def test_results_and_errors_are_scrubbed_before_they_leave(buffer):
+    from z4j_bare.redaction import Redactor
+
+    class LeakyEngine(RecordingEngine):
+        def cancel_task(self, request):
+            raise ConnectionError("cannot reach redis://:hunter2-secret@cache.internal:6379/0")
+
+        def submit_task(self, request):
+            return {"task_id": "t", "password": "hunter2-secret", "echo": "mail bob@example.com"}
+
+    engine, emit = LeakyEngine(), Collector()
+    channel = _channel(buffer, engine, emit, redactor=Redactor())
+    channel.submit(_frame("c1", "cancel_task", task_id="t"))
+    channel.submit(_frame("c2", "submit_task", name="x"))
+    results = {f[1]: f[2] for f in emit.wait_results(2)}
+    assert "hunter2" not in repr(results) and "bob@example.com" not in repr(results)
+    assert results["c1"]["status"] == "failed" and "ConnectionError" in results["c1"]["error"]
+    assert results["c2"]["result"]["task_id"] == "t"

@@ -27,6 +27,7 @@ from .protocol import Frame, FrameType, purge_token
 
 if TYPE_CHECKING:
     from .buffer import BufferStore
+    from .redaction import Redactor
 
 log = structlog.get_logger("z4j_bare.commands")
 
@@ -53,6 +54,7 @@ class CommandChannel:
         purge_threshold: int = 1000,
         orchestrated: bool | None = None,
         exit_process: Callable[[int], None] = os._exit,
+        redactor: Redactor | None = None,
     ) -> None:
         self._engines = dict(engines)
         self._buffer = buffer
@@ -63,6 +65,7 @@ class CommandChannel:
         self._purge_threshold = purge_threshold
         self._orchestrated = orchestrated
         self._exit_process = exit_process
+        self._redactor = redactor
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="z4j-command")
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
@@ -233,6 +236,11 @@ class CommandChannel:
         return {"restarted_via": "self_exit", "worker_name": worker, "exit_in_seconds": 0.25, "orchestrator": orchestrator}
 
     def _result(self, command_id: str, claim: str | None, status: str, result: dict | None, error: str | None) -> None:
+        if self._redactor is not None:
+            # An adapter's exception text can carry a broker URL with its password, a result
+            # can carry task data: they leave the host like events do, scrubbed.
+            result = self._redactor.scrub(result) if result is not None else None
+            error = self._redactor.scrub_text(error) if error is not None else None
         self._emit(FrameType.COMMAND_RESULT.value, command_id,
                    {"status": status, "result": result, "error": error, "delivery_claim_token": claim})
 

@@ -136,7 +136,7 @@ class AgentRuntime:
         self.commands = CommandChannel(
             self.engines, buffer, self._key, self._emit_control, workers=config.command_workers,
             timeout=config.command_timeout_seconds, dedupe_ttl=config.command_dedupe_ttl_seconds,
-            purge_threshold=config.purge_threshold, orchestrated=config.orchestrated,
+            purge_threshold=config.purge_threshold, orchestrated=config.orchestrated, redactor=redactor,
         )
         self._health = HealthCollector(self.engines, interval=config.heartbeat_seconds)
         self._session: dict[str, Any] = {}

@@ -98,6 +98,11 @@ class EventSink:
         """The durable buffer (adapters may keep side tables next to its file)."""
         return self._buffer
 
+    @property
+    def redactor(self) -> Redactor:
+        """The configured redactor, for adapter text that leaves in command results."""
+        return self._redactor
+
     def encode(self, kind: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> str:
         return event_text(kind, self.engine, task_id, self._redactor.scrub_data(data), occurred_at)
 

@@ -440,7 +440,7 @@ class RqEngineAdapter(EngineAdapter):
     def _scrub(self, text: str | None) -> str | None:
         if text is None:
             return None
-        redactor = getattr(self._sink, "_redactor", None)
+        redactor = self._sink.redactor if self._sink is not None else None
         if redactor is None:
             from ..redaction import default_redactor
 
