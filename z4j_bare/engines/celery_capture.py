@@ -20,9 +20,10 @@ Eager calls (``task_always_eager``, ``Task.apply``) have no Request: task_prerun
 retry signals with ``request.is_eager`` capture them, started and terminal written together.
 Producers get ``task.sent`` from before/after_task_publish.
 
-In the worker main process events go through a micro-batcher (one transaction every
-``batch_interval`` seconds): that process is the pool's serial bottleneck and a commit per
-event would cost the worker throughput. Everywhere else events are written synchronously.
+By default every event is committed before its hook returns. A worker whose main process is
+its bottleneck can set ``batch_interval`` (e.g. 0.05): its hooks then queue events in memory and
+a thread writes them in one transaction per interval, trading that window's durability if the
+main process is SIGKILLed. Outside the worker main process writes are always synchronous.
 """
 
 from __future__ import annotations
