@@ -122,7 +122,6 @@ class AgentRuntime:
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
         self._stop_deadline = 0.0
-        self._stopped = threading.Event()
         self._lifecycle_lock = threading.Lock()
 
         self._backoff = Backoff({
@@ -284,7 +283,6 @@ class AgentRuntime:
                 self._fsm.trigger("drained")
             elif self.state is not RuntimeState.STOPPED:
                 self._fsm.trigger("stop")
-            self._stopped.set()
 
     def _log_failure(self, retry_state: Any) -> None:
         exc = retry_state.outcome.exception()
