@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import time
 
-from celery import Celery, signals
+from celery import Celery
+
+from celery_boot import install_agent_at
 
 BROKER = os.environ.get("Z4J_TEST_BROKER", "redis://127.0.0.1:6379/9")
 BACKEND = os.environ.get("Z4J_TEST_BACKEND", "redis://127.0.0.1:6379/10")
@@ -71,21 +73,7 @@ def sleep(seconds):
     return seconds
 
 
-def _install(**_):
-    from z4j_bare import install_agent
-    from z4j_bare.engines.celery import CeleryEngineAdapter
-
-    install_agent(engines=[CeleryEngineAdapter(celery_app=app)])
-
-
-if BOOT == "import":
-    _install()
-elif BOOT == "worker_init":
-    signals.worker_init.connect(_install, weak=False)
-elif BOOT == "worker_ready":
-    signals.worker_ready.connect(_install, weak=False)
-elif BOOT == "process_init":
-    signals.worker_process_init.connect(_install, weak=False)
+install_agent_at(BOOT, app)
 
 
 _counter = None

@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import time
 
-from celery import Celery, signals
+from celery import Celery
+
+from celery_boot import install_agent_at
 
 BROKER = os.environ.get("Z4J_IT_BROKER", "redis://127.0.0.1:6379/12")
 BACKEND = os.environ.get("Z4J_IT_BACKEND", "redis://127.0.0.1:6379/13")
@@ -89,14 +91,4 @@ def sleep(seconds):
     return seconds
 
 
-def _install(**_):
-    from z4j_bare import install_agent
-    from z4j_celery import CeleryEngineAdapter
-
-    install_agent(engines=[CeleryEngineAdapter(celery_app=app)])
-
-
-if BOOT == "import":
-    _install()
-elif BOOT == "worker_init":
-    signals.worker_init.connect(_install, weak=False)
+install_agent_at(BOOT, app)
