@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python bench/bench_buffer.py [--n 20000]
 Goals (issue 5): append p50 <= 15 us, p99 <= 100 us, drain >= 200k events/s.
+Our appends go to the spool (z4j_bare/spool.py); the drain figure includes moving them into SQLite.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def main() -> None:
             raw.close()
 
         # ---- drain: read 5000 + ack (delete) until empty
+        t = time.perf_counter()  # includes moving the spooled rows into SQLite (ingest)
         total = drain_store.depth()
-        t = time.perf_counter()
         after = 0
         got = 0
         while True:
@@ -149,7 +150,8 @@ def main() -> None:
             got += len(batch)
             drain_store.delete(r.id for r in batch)
         z_rate = got / (time.perf_counter() - t)
-        assert got == total and drain_store.depth() == 0
+        left = drain_store.depth()
+        assert got == total and left == 0, (got, total, left)
         drain_store.close()
         raw = raw_open(work / "raw-1 thread.sqlite")
         t = time.perf_counter()
@@ -173,7 +175,7 @@ def main() -> None:
     print(f"{'case':<22}{'z4j p50':>10}{'raw p50':>10}{'ratio':>7}{'z4j p99':>10}{'raw p99':>10}{'ratio':>7}")
     for label, (zp50, zp99), (rp50, rp99) in rows:
         print(f"{label:<22}{zp50:>8.1f}us{rp50:>8.1f}us{zp50 / rp50:>7.2f}{zp99:>8.1f}us{rp99:>8.1f}us{zp99 / rp99:>7.2f}")
-    print(f"{'drain (read+ack)':<22}{z_rate:>9,.0f}/s{r_rate:>9,.0f}/s{z_rate / r_rate:>7.2f}   ({got} events)")
+    print(f"{'drain (ingest+read+ack)':<22}{z_rate:>9,.0f}/s{r_rate:>9,.0f}/s{z_rate / r_rate:>7.2f}   ({got} events)")
     print("goals: append p50 <= 15 us, p99 <= 100 us, drain >= 200,000 events/s")
 
 

@@ -296,7 +296,7 @@ def test_threads_append_concurrently_without_loss(store):
 
 
 def test_append_never_raises_on_sqlite_failure(tmp_path):
-    s = BufferStore(tmp_path / "b.sqlite")
+    s = BufferStore(tmp_path / "b.sqlite", spool=False)  # the SQLite path (spool: see test_spool.py)
     try:
         s.append("event", "ok")
         s._wconn.execute("DROP TABLE entries")  # a real SQLite error on the hot path

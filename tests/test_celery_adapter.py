@@ -3,6 +3,8 @@ brokers (Redis db 9 / RabbitMQ), hook install/uninstall, the request store."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 
 import pytest
@@ -247,3 +249,48 @@ def test_request_store_roundtrip_and_bounds(tmp_path):
 
 class PicklableThing:
     pass
+
+
+def test_request_store_commits_queued_records_in_the_background(tmp_path):
+    store = RequestStore(str(tmp_path / "r.sqlite"), linger=0.01)
+    store.put("queued", {"name": "t", "args": [1], "kwargs": {}})
+    assert store.get("queued")["args"] == [1]  # visible while still queued
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with sqlite3.connect(tmp_path / "r.sqlite") as raw:
+            try:
+                if raw.execute("SELECT count(*) FROM celery_requests").fetchone()[0] == 1:
+                    break
+            except sqlite3.OperationalError:  # the writer has not created the table yet
+                pass
+        time.sleep(0.01)
+    else:
+        pytest.fail("the writer thread never committed the queued record")
+    args = ["mutated later"]
+    store.put("snap", {"name": "t", "args": args, "kwargs": {}})
+    args.append("by the task")  # the record is a snapshot taken at receipt
+    store.close()  # close commits what is still queued
+    with sqlite3.connect(tmp_path / "r.sqlite") as raw:
+        assert raw.execute("SELECT count(*) FROM celery_requests").fetchone()[0] == 2
+    reopened = RequestStore(str(tmp_path / "r.sqlite"))
+    assert reopened.get("snap")["args"] == ["mutated later"]
+    reopened.close()
+
+
+def test_request_store_in_a_forked_child_writes_its_own_records(tmp_path):
+    store = RequestStore(str(tmp_path / "r.sqlite"), linger=0.01)
+    store.put("parent", {"name": "t", "args": [], "kwargs": {}})
+    store.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            store.put("child", {"name": "t", "args": [2], "kwargs": {}})
+            store.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get("child")["args"] == [2] and store.get("parent") is not None
+    store.close()

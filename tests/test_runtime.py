@@ -95,6 +95,29 @@ def test_brain_down_then_back_delivers_backlog(brain):
     assert "session_lost" in triggers or "connect_failed" in triggers
 
 
+def test_spooled_events_move_into_the_buffer_while_the_brain_is_away(brain):
+    import sqlite3
+
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine])
+    runtime.start()
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    brain.pause()
+    _wait(lambda: runtime.state is not RuntimeState.RUNNING, what="disconnect")
+    for i in range(100):
+        engine.emit_task(f"s{i}", "task.received")
+
+    def in_sqlite() -> int:  # read-only look: does not ingest, unlike depth()
+        with sqlite3.connect(f"file:{runtime.buffer.path}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT count(*) FROM entries WHERE kind = 'event'").fetchone()[0]
+
+    _wait(lambda: in_sqlite() >= 100, timeout=5, what="the I/O thread to ingest during backoff")
+    brain.resume()
+    assert runtime.flush(20), runtime.health()
+    runtime.stop()
+
+
 def test_unacked_batches_are_resent_without_restamping(brain):
     creds = brain.mint_agent()
     engine = RecordingEngine()

@@ -1,11 +1,17 @@
 """BufferStore: the durable local outbox (SQLite in WAL mode).
 
-Every outbound record is committed here before the hook that produced it returns; the
-drainer reads rows in id order and deletes them only when the brain confirms them.
+Every outbound record is durable before the hook that produced it returns; the drainer reads
+rows in id order and deletes them only when the brain confirms them.
 
 Design notes (the why; figures in docs/performance.md, "Buffer"):
 
-* Hot path = one prepared INSERT in autocommit. Row and byte totals are kept *without*
+* Hot path = one ``write()`` to this process's spool file (``spool.py``): a SQLite commit costs
+  a page write and several file locks, which a busy Celery main process felt on every event.
+  The owner moves spooled records into ``entries`` in batches (``ingest``, run by ``read()``
+  and the totals) and commits each file's offset with the rows. A row that may not fit
+  ``max_bytes``, a spool that cannot be written, or a spool past ``max_bytes`` with nobody
+  emptying it, fall back to the SQLite path below, whose caps then apply.
+* SQLite path = one prepared INSERT in autocommit. Row and byte totals are kept *without*
   triggers or AUTOINCREMENT (each costs an extra page write per commit): ids are dense
   (``max(id)+1``) and a running ``cum`` byte total is stored per row, so
   ``rows = max(id) - gone_rows`` and ``bytes = max(cum) - gone_bytes``, where the ``gone``
@@ -31,6 +37,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import struct
 import sys
 import threading
 import time
@@ -44,6 +51,7 @@ from typing import Any
 import structlog
 
 from . import buffer_files as bf
+from .spool import SpoolReader, SpoolWriter, encode_records, spool_dir_for
 
 __all__ = ["FORMAT", "LOSS_KEYS", "BufferRow", "BufferStorageError", "BufferStore"]
 
@@ -73,12 +81,20 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS counters(name TEXT NOT NULL, engine TEXT NOT NULL DEFAULT '',"
     " n INTEGER NOT NULL, PRIMARY KEY(name, engine)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS seen_commands(key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
+    # How far the owner has moved each spool file into ``entries`` (committed with the rows).
+    "CREATE TABLE IF NOT EXISTS spool(name TEXT PRIMARY KEY, offset INTEGER NOT NULL) WITHOUT ROWID",
 )
+#: Spool writes between two checks of the spool's size against max_bytes.
+_SPOOL_CHECK_EVERY = 1024
+#: Rows moved from the spool into SQLite per transaction.
+_INGEST_ROWS = 20_000
 
 _INSERT = (
     "INSERT INTO entries(kind, engine, size, cum, created_at, body) VALUES"
     " (?1, ?2, ?3, ?3 + coalesce((SELECT cum FROM entries ORDER BY id DESC LIMIT 1), 0), ?4, ?5)"
 )
+_INSERT_CUM = "INSERT INTO entries(kind, engine, size, cum, created_at, body) VALUES (?, ?, ?, ?, ?, ?)"
+_LAST_CUM = "SELECT coalesce((SELECT cum FROM entries ORDER BY id DESC LIMIT 1), 0)"
 _TOTALS = (
     "SELECT coalesce((SELECT id FROM entries ORDER BY id DESC LIMIT 1), 0)"
     " - coalesce((SELECT n FROM counters WHERE name='gone.rows' AND engine=''), 0),"
@@ -289,7 +305,8 @@ class BufferStore:
     """Durable outbox on one SQLite file. Thread-safe and fork-safe; see module docstring."""
 
     def __init__(self, path: str | os.PathLike[str], *, max_rows: int = 100_000,
-                 max_bytes: int = 256 * 2**20, owner: bool = True, deployment: str = "") -> None:
+                 max_bytes: int = 256 * 2**20, owner: bool = True, deployment: str = "",
+                 spool: bool = True) -> None:
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"buffer max_rows must be an int >= 1, got {max_rows!r}")
         if not isinstance(max_bytes, int) or max_bytes < 1024:
@@ -321,6 +338,15 @@ class BufferStore:
         self._last_checkpoint = time.monotonic()
         self._remember_calls = 0
         self.buffer_id = ""
+        self._spool_on = bool(spool)
+        self._spool = SpoolWriter(spool_dir_for(self.path))
+        self._spool_reader = SpoolReader(spool_dir_for(self.path))
+        self._spool_offsets: dict[str, int] = {}
+        self._spool_budget = _SPOOL_CHECK_EVERY
+        self._spool_errors = 0
+        self._spool_max_len = max_bytes // 4  # characters: at most 4 UTF-8 bytes each
+        self._ilock = threading.Lock()
+        self._writer_lock_tried = False
 
         parent = self.path.parent
         reason = bf.check_private_dir(parent) if not parent.exists() else None
@@ -389,6 +415,8 @@ class BufferStore:
                 conn.execute(_BUMP, ("corrupt_files_set_aside", "", self._corrupt_set_aside))
                 self._corrupt_set_aside = 0
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if self._owner:
+                self._spool_offsets = self._load_offsets(conn, self._spool_reader.names())
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.close()
@@ -446,6 +474,8 @@ class BufferStore:
         self._pid = os.getpid()
         self._owner = False
         self._budget_rows = self._budget_bytes = 0
+        self._writer_lock_tried = False
+        self._ilock = threading.Lock()
 
     def _ensure_process(self) -> None:
         if self._pid != os.getpid():
@@ -458,12 +488,19 @@ class BufferStore:
             if self._closed:
                 raise BufferStorageError(f"buffer {self.path} is closed")
             if self._lock is None and not self._owner:
-                try:
-                    self._lock = bf.SidecarLock.acquire(self._lock_path, bf.WRITER)
-                except (bf.LockBusy, OSError):
-                    pass  # an adopter holds it right now; appends still land in the file
+                self._take_writer_lock()
             conn = self._wconn = self._connect(writer=True)
         return conn
+
+    def _take_writer_lock(self) -> None:
+        """A non-owner process says "I may append" (no adoption or removal meanwhile); once."""
+        if self._writer_lock_tried:
+            return
+        self._writer_lock_tried = True
+        try:
+            self._lock = bf.SidecarLock.acquire(self._lock_path, bf.WRITER)
+        except (bf.LockBusy, OSError):
+            pass  # an adopter holds it right now; appends still land in the file
 
     def _reader(self) -> sqlite3.Connection:
         """Caller holds ``_rlock``."""
@@ -533,17 +570,24 @@ class BufferStore:
     # ------------------------------------------------------------------ hot path
 
     def append(self, kind: str, body: str, engine: str = "") -> bool:
-        """Commit one row; never raises. ``False`` = not stored (counted as lost)."""
+        """Make one row durable (spool write, else SQLite commit); never raises.
+
+        ``False`` = not stored (counted as lost).
+        """
         try:
             if self._pid != os.getpid():
                 self._ensure_process()
+            # A body that might not fit max_bytes takes the SQLite path, which says so at once.
+            if self._spool_on and len(body) <= self._spool_max_len and \
+                    self._spool_write([(kind, engine, body, time.time())]):
+                return True
             size = len(body) if body.isascii() else _body_size(body)
             with self._wlock:
                 conn = self._wconn or self._writer()
                 self._budget_rows -= 1
                 self._budget_bytes -= size
                 if self._budget_rows < 0 or self._budget_bytes < 0:
-                    return self._append_checked(conn, [(kind, body, engine, size)]) == 1
+                    return self._append_checked(conn, [(kind, body, engine, size, time.time())]) == 1
                 conn.execute(_INSERT, (kind, engine, size, time.time(), body))
             return True
         except Exception as exc:  # never propagate into the host's hook
@@ -551,43 +595,109 @@ class BufferStore:
             return False
 
     def append_many(self, rows: Sequence[tuple[str, str]] | Sequence[tuple[str, str, str]]) -> int:
-        """Commit many rows in one transaction; returns how many were stored."""
+        """Make many rows durable in one write (or one transaction); returns how many were stored."""
+        now = time.time()
         items = []
         for row in rows:
             kind, body = row[0], row[1]
             engine = row[2] if len(row) > 2 else ""
-            items.append((kind, body, engine, _body_size(body)))
+            items.append((kind, body, engine, _body_size(body), now))
         if not items:
             return 0
         try:
             self._ensure_process()
+            if self._spool_on and all(item[3] <= self._spool_max_len for item in items) and \
+                    self._spool_write([(k, e, b, now) for k, b, e, _s, _t in items]):
+                return len(items)
             with self._wlock:
                 conn = self._writer()
                 self._budget_rows -= len(items)
                 self._budget_bytes -= sum(item[3] for item in items)
                 if self._budget_rows < 0 or self._budget_bytes < 0:
                     return self._append_checked(conn, items)
-                now = time.time()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(_INSERT, [(kind, engine, size, now, body) for kind, body, engine, size in items])
+                    conn.executemany(_INSERT, [(kind, engine, size, now, body) for kind, body, engine, size, _t in items])
                     conn.execute("COMMIT")
                 except BaseException:
                     self._rollback(conn)
                     raise
                 return len(items)
         except Exception as exc:
-            for kind, _b, engine, _s in items:
+            for kind, _b, engine, _s, _t in items:
                 self._append_failed(kind, engine, 1, exc)
             return 0
 
-    def _append_checked(self, conn: sqlite3.Connection, items: list[tuple[str, str, str, int]]) -> int:
+    def _spool_write(self, rows: list[tuple[str, str, str, float]]) -> bool:
+        """Append to this process's spool file; False = use SQLite directly this time."""
+        if self._closed:
+            return False  # the SQLite path reports the closed store
+        self._spool_budget -= 1
+        if self._spool_budget < 0 and not self._spool_has_room():
+            return False
+        try:
+            data = encode_records(rows)
+        except (ValueError, struct.error):
+            return False  # the SQLite path refuses and counts the same row
+        if self._lock is None and not self._owner:
+            self._take_writer_lock()
+        try:
+            self._spool.write(data)
+            return True
+        except OSError as exc:
+            self._spool_errors += 1
+            self._spool_budget = _SPOOL_CHECK_EVERY  # the SQLite path for a while
+            if self._spool_errors == 1 or self._spool_errors % 1000 == 0:
+                log.warning("buffer.spool_failed", path=str(self._spool.directory), errors=self._spool_errors,
+                            error=f"{type(exc).__name__}: {exc}", fallback="SQLite commits (slower, same durability)")
+            return False
+
+    def _spool_has_room(self) -> bool:
+        """Every few thousand writes: is the spool (not yet moved into SQLite) under max_bytes?
+
+        Without a live owner nothing empties it; past the cap, appends go to SQLite, whose
+        caps evict the oldest rows (counted) instead of letting the disk fill.
+        """
+        self._spool_budget = _SPOOL_CHECK_EVERY
+        total = 0
+        try:
+            with os.scandir(self._spool.directory) as it:
+                for entry in it:
+                    total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            return True
+        return total < self.max_bytes
+
+    def _append_checked(self, conn: sqlite3.Connection, items: list[tuple[str, str, str, int, float]]) -> int:
         """Slow path (caller holds ``_wlock``): enforce caps, insert, refresh the budget."""
-        stored = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows, nbytes = conn.execute(_TOTALS).fetchone()
-            for kind, body, engine, size in items:
+            stored = self._insert_capped(conn, items)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return stored
+
+    def _insert_capped(self, conn: sqlite3.Connection, items: list[tuple[str, str, str, int, float]]) -> int:
+        """Insert rows (kind, body, engine, size, created_at), evicting the oldest rows as the caps
+        require; inside the caller's transaction. Refreshes the unchecked-append budget."""
+        rows, nbytes = conn.execute(_TOTALS).fetchone()
+        total = sum(item[3] for item in items)
+        if rows + len(items) <= self.max_rows and nbytes + total <= self.max_bytes:
+            # Everything fits (the common case): one executemany, running totals from Python.
+            cum = conn.execute(_LAST_CUM).fetchone()[0]
+            values = []
+            for kind, body, engine, size, created_at in items:
+                cum += size
+                values.append((kind, engine, size, cum, created_at, body))
+            conn.executemany(_INSERT_CUM, values)
+            stored = len(items)
+            rows += stored
+            nbytes += total
+        else:
+            stored = 0
+            for kind, body, engine, size, created_at in items:
                 if size > self.max_bytes:
                     self._append_failed(kind, engine, 1, None, reason="row larger than max_bytes")
                     continue
@@ -597,18 +707,12 @@ class BufferStore:
                         nbytes + size - self.max_bytes + self._slack_bytes)
                     rows -= freed_rows
                     nbytes -= freed_bytes
-                conn.execute(_INSERT, (kind, engine, size, time.time(), body))
+                conn.execute(_INSERT, (kind, engine, size, created_at, body))
                 rows += 1
                 nbytes += size
                 stored += 1
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback(conn)
-            raise
-        room_rows = self.max_rows - rows
-        room_bytes = self.max_bytes - nbytes
-        self._budget_rows = min(_MAX_UNCHECKED, room_rows // 2)
-        self._budget_bytes = room_bytes // 2
+        self._budget_rows = min(_MAX_UNCHECKED, (self.max_rows - rows) // 2)
+        self._budget_bytes = (self.max_bytes - nbytes) // 2
         return stored
 
     def _evict_locked(self, conn: sqlite3.Connection, need_rows: int, need_bytes: int) -> tuple[int, int]:
@@ -676,10 +780,73 @@ class BufferStore:
         except sqlite3.Error:
             pass
 
+    # ------------------------------------------------------------------ spool -> SQLite
+
+    @staticmethod
+    def _load_offsets(conn: sqlite3.Connection, present: list[str]) -> dict[str, int]:
+        offsets = dict(conn.execute("SELECT name, offset FROM spool").fetchall())
+        gone = [name for name in offsets if name not in set(present)]
+        if gone:  # files removed after their rows were committed (see _finish_spool_files)
+            conn.executemany("DELETE FROM spool WHERE name = ?", [(n,) for n in gone])
+        return {name: offset for name, offset in offsets.items() if name not in gone}
+
+    def ingest(self) -> int:
+        """Owner: move spooled records (every process's) into SQLite; returns rows moved.
+
+        Called by read() and the totals, so the drainer sees spooled rows; a thread that finds
+        another one ingesting returns at once.
+        """
+        if not self._spool_on or not self.owner or self._closed:
+            return 0
+        if not self._ilock.acquire(blocking=False):
+            return 0
+        moved = 0
+        try:
+            while True:
+                batch = self._spool_reader.collect(self._spool_offsets, max_rows=_INGEST_ROWS)
+                if not batch:
+                    return moved
+                with self._wlock:
+                    conn = self._writer()
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        stored = self._insert_capped(conn, batch.rows)
+                        conn.executemany("INSERT OR REPLACE INTO spool(name, offset) VALUES (?, ?)",
+                                         list(batch.offsets.items()))
+                        if batch.torn:
+                            conn.execute(_BUMP, ("loss.unclassified_frames", "", batch.torn))
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        self._rollback(conn)
+                        raise
+                self._spool_offsets.update(batch.offsets)
+                if batch.torn:
+                    log.error("buffer.spool_torn", path=str(self._spool.directory), records=batch.torn)
+                if batch.finished:
+                    self._finish_spool_files(batch.finished)
+                moved += stored
+                if not batch.rows:
+                    return moved
+        except Exception as exc:  # the rows stay spooled: the next call retries
+            log.error("buffer.ingest_failed", path=str(self.path), error=f"{type(exc).__name__}: {exc}")
+            return moved
+        finally:
+            self._ilock.release()
+
+    def _finish_spool_files(self, names: list[str]) -> None:
+        for name in names:
+            self._spool_reader.remove(name)
+            self._spool_offsets.pop(name, None)
+        # After the unlink: a crash in between leaves a row for a file that no longer exists
+        # (harmless, names are never reused), never a file without its offset.
+        with self._wlock:
+            self._writer().executemany("DELETE FROM spool WHERE name = ?", [(n,) for n in names])
+
     # ------------------------------------------------------------------ drain side
 
     def read(self, after_id: int = 0, limit: int = 5000) -> list[BufferRow]:
         self._ensure_process()
+        self.ingest()
         with self._rlock:
             rows = self._reader().execute(
                 "SELECT id, kind, body, attempts, created_at, engine FROM entries"
@@ -759,6 +926,7 @@ class BufferStore:
 
     def _totals(self) -> tuple[int, int]:
         self._ensure_process()
+        self.ingest()
         with self._rlock:
             rows, nbytes = self._reader().execute(_TOTALS).fetchone()
         return int(rows), int(nbytes)
@@ -772,6 +940,7 @@ class BufferStore:
 
     def oldest_age(self) -> float | None:
         self._ensure_process()
+        self.ingest()
         with self._rlock:
             row = self._reader().execute("SELECT created_at FROM entries WHERE kind != '~'"
                                          " ORDER BY id LIMIT 1").fetchone()
@@ -924,7 +1093,7 @@ class BufferStore:
                 return 0
             with self._wlock:
                 adopted = self._copy_from(orphan)
-            if adopted < 0:
+            if adopted < 0:  # another deployment's, or a process still writes its spool
                 return 0
             self._remove_files(orphan, lock)
             log.info("buffer.adopted", path=str(self.path), orphan=str(orphan), rows=adopted)
@@ -953,6 +1122,11 @@ class BufferStore:
                     " SELECT kind, engine, size, ? + sum(size) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING),"
                     " created_at, attempts, body FROM orphan.entries WHERE kind != '~' ORDER BY id", (base,))
                 adopted = conn.total_changes - before
+                spooled = self._copy_spool(conn, orphan)
+                if spooled < 0:
+                    self._rollback(conn)
+                    return -1
+                adopted += spooled
                 conn.execute(
                     "INSERT INTO main.seen_commands(key, expires_at) SELECT key, expires_at"
                     " FROM orphan.seen_commands WHERE expires_at > ? ON CONFLICT(key)"
@@ -969,6 +1143,35 @@ class BufferStore:
         finally:
             conn.execute("DETACH DATABASE orphan")
 
+    def _copy_spool(self, conn: sqlite3.Connection, orphan: Path) -> int:
+        """Inside _copy_from's transaction: the orphan's spooled records not yet in its entries.
+        -1 when one of its spool files is still being written (adopt later)."""
+        reader = SpoolReader(spool_dir_for(orphan))
+        names = reader.names()
+        if not names:
+            return 0
+        try:
+            offsets = dict(conn.execute("SELECT name, offset FROM orphan.spool").fetchall())
+        except sqlite3.OperationalError:
+            offsets = {}  # a buffer file from before the spool existed
+        finished: set[str] = set()
+        stored = torn = 0
+        while True:
+            batch = reader.collect(offsets, max_rows=_INGEST_ROWS)
+            if not batch:
+                break
+            stored += self._insert_capped(conn, batch.rows)
+            offsets.update(batch.offsets)
+            finished.update(batch.finished)
+            torn += batch.torn
+            if not batch.rows:
+                break
+        if set(names) - finished:
+            return -1
+        if torn:
+            conn.execute(_BUMP, ("loss.unclassified_frames", "", torn))
+        return stored
+
     @staticmethod
     def _unlink_lock(lock: bf.SidecarLock) -> None:
         try:
@@ -977,11 +1180,18 @@ class BufferStore:
             pass
 
     def _remove_files(self, path: Path, lock: bf.SidecarLock) -> None:
+        spool = SpoolReader(spool_dir_for(path))
+        for name in spool.names():
+            spool.remove(name)
         for p in (path, *bf.side_files(path)):
             try:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
+        try:
+            os.rmdir(spool.directory)
+        except OSError:
+            pass
         self._unlink_lock(lock)
 
     # ------------------------------------------------------------------ maintenance
@@ -1007,7 +1217,9 @@ class BufferStore:
         if self._pid != os.getpid():
             self._forked()
         remove = False
+        self._spool.close()
         if self.owner:
+            self.ingest()  # every finished spool file, our own included, into SQLite
             self._flush_loss()
         with self._wlock, self._rlock:
             if self._closed:
@@ -1021,7 +1233,8 @@ class BufferStore:
                         "SELECT EXISTS(SELECT 1 FROM seen_commands WHERE expires_at > ?)"
                         " OR EXISTS(SELECT 1 FROM counters WHERE name LIKE 'loss.%' AND n > 0)",
                         (time.time(),)).fetchone()[0]
-                    remove = empty and not memory and self._lock.upgrade_to_exclusive()
+                    remove = (empty and not memory and not self._spool_reader.names()
+                              and self._lock.upgrade_to_exclusive())
                     if not remove:
                         self._wconn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error:

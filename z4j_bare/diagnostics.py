@@ -729,6 +729,17 @@ def _read_buffer(path: Path) -> dict[str, Any]:
             by_kind[kind] = n
             depth += n
             oldest = first if oldest is None else min(oldest, first)
+        # Records still in spool files (written, not yet moved into SQLite by the owner).
+        try:
+            offsets = dict(conn.execute("SELECT name, offset FROM spool").fetchall())
+        except sqlite3.OperationalError:
+            offsets = {}
+        spooled = _spooled(path, offsets)
+        for kind, _body, _engine, _size, created_at in spooled:
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            oldest = created_at if oldest is None else min(oldest, created_at)
+        depth += len(spooled)
+        info["spooled"] = len(spooled)
         info["depth"] = depth
         info["by_kind"] = by_kind
         info["oldest_age_seconds"] = None if oldest is None else round(max(0.0, time.time() - oldest), 1)
@@ -749,6 +760,20 @@ def _read_buffer(path: Path) -> dict[str, Any]:
     finally:
         conn.close()
     return info
+
+
+def _spooled(path: Path, offsets: dict[str, int]) -> list[tuple[str, str, str, int, float]]:
+    from .spool import SpoolReader, spool_dir_for
+
+    rows: list[tuple[str, str, str, int, float]] = []
+    reader = SpoolReader(spool_dir_for(path))
+    offsets = dict(offsets)
+    while True:  # read-only: offsets advance in this copy only
+        batch = reader.collect(offsets, lock=False)
+        if not batch.rows:
+            return rows
+        rows.extend(batch.rows)
+        offsets.update(batch.offsets)
 
 
 def buffer_status(home: str | os.PathLike[str] | None = None) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class Outbox:
         self.stats = OutboxStats()
         self._ack_rate: float | None = None  # events/s the brain confirms, smoothed
         self._last_send = 0.0
+        self._row_bytes = 64  # mean event size of the last frame (a low first guess reads enough)
         self.batch_target = min(INITIAL_BATCH_EVENTS, self._max_events)
 
     # -- session lifecycle -------------------------------------------------------------------
@@ -115,13 +116,18 @@ class Outbox:
             if unsent < self.batch_target:
                 return 0  # not even a full batch waiting: do not read it yet
         while len(self._inflight) < self._max_inflight:
-            rows = self._buffer.read(after_id=self._cursor, limit=self.batch_target)
+            rows = self._buffer.read(after_id=self._cursor, limit=self._read_limit())
             if not rows:
                 break
             if linger and len(rows) < self.batch_target and self._clock() - self._last_send < LINGER_SECONDS:
                 break
             handled += self._ship(rows, signer, send)
         return handled
+
+    def _read_limit(self) -> int:
+        # Rows past the frame's byte budget would be read only to be read again for the next frame.
+        fits = (self._max_frame - ENVELOPE_OVERHEAD) // max(self._row_bytes, 1)
+        return max(1, min(self.batch_target, fits + fits // 16))
 
     def _ship(self, rows: list, signer: Signer, send: Send) -> int:
         budget = self._max_frame - ENVELOPE_OVERHEAD
@@ -136,7 +142,8 @@ class Outbox:
                 self._send_control(row, signer, send)
                 self._cursor = row.id
                 continue
-            n = len(row.body.encode("utf-8")) + 1
+            body = row.body
+            n = (len(body) if body.isascii() else len(body.encode("utf-8"))) + 1
             if n > budget:
                 rejected.append(row.id)
                 self._cursor = row.id
@@ -155,6 +162,7 @@ class Outbox:
                 self._head_since = batch.sent_at
             self._inflight[batch.frame_id] = batch
             send(signer.sign_event_batch(batch.frame_id, texts))
+            self._row_bytes = size // len(texts)
             self._last_send = batch.sent_at
             self.stats.frames_sent += 1
             self.stats.events_sent += len(texts)

@@ -59,6 +59,7 @@ IDLE_POLL_SECONDS = 0.05
 PING_EVERY_SECONDS = 30.0
 # A sibling agent of this deployment that died leaves its buffer file; look for such orphans.
 ADOPT_EVERY_SECONDS = 60.0
+INGEST_WHILE_AWAY_SECONDS = 1.0
 TRACE_LEN = 64
 
 
@@ -264,7 +265,7 @@ class AgentRuntime:
         self._fsm.trigger("start")
         retrying = Retrying(
             wait=self._backoff.wait,
-            sleep=self._stop_event.wait,
+            sleep=self._backoff_sleep,
             stop=lambda _state: self._stop_event.is_set(),
             retry=retry_if_exception_type(SessionEnded),
             before_sleep=self._log_failure,
@@ -283,6 +284,18 @@ class AgentRuntime:
                 self._fsm.trigger("drained")
             elif self.state is not RuntimeState.STOPPED:
                 self._fsm.trigger("stop")
+
+    def _backoff_sleep(self, seconds: float) -> None:
+        """Wait out a reconnect delay (stop() cuts it short). Meanwhile spooled events keep moving
+        into the buffer, so its caps hold through a long outage and the reconnect starts sending
+        at once."""
+        deadline = time.monotonic() + seconds
+        while not self._stop_event.is_set():
+            safe_call(self.buffer.ingest, site="runtime.ingest")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop_event.wait(min(left, INGEST_WHILE_AWAY_SECONDS))
 
     def _log_failure(self, retry_state: Any) -> None:
         exc = retry_state.outcome.exception()

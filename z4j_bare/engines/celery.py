@@ -122,9 +122,11 @@ class CeleryEngineAdapter(EngineAdapter):
             safe_call(self.store.close, site="celery.store.close")
 
     def flush(self) -> None:
-        """Write batched events now (tests, shutdown hooks)."""
+        """Write batched events and remembered requests now (tests, shutdown hooks)."""
         if self.capture is not None:
             self.capture.batcher.flush()
+        if self.store is not None:
+            safe_call(self.store.flush, site="celery.store.flush")
 
     # -- capabilities --------------------------------------------------------------------------
     def capabilities(self) -> frozenset[str]:
@@ -181,10 +183,6 @@ class CeleryEngineAdapter(EngineAdapter):
 
     # -- commands ------------------------------------------------------------------------------
     def _original(self, task_id: str) -> tuple[dict[str, Any] | None, str]:
-        if self.capture is not None:
-            pending = self.capture.batcher.pending(task_id)
-            if pending is not None:
-                return pending, "agent_store"
         if self.store is not None:
             record = self.store.get(task_id)
             if record is not None:

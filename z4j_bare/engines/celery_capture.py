@@ -67,7 +67,7 @@ CELERY_HEADERS = frozenset({
 
 
 class Batcher:
-    """Collects events and request records in the attaching process; a thread writes them."""
+    """Collects events in the attaching process; a thread writes them."""
 
     def __init__(self, sink: EventSink, store: RequestStore | None, interval: float) -> None:
         self._sink = sink
@@ -75,7 +75,6 @@ class Batcher:
         self.interval = float(interval)
         self._pid = os.getpid()
         self._events: deque[tuple[str, str | None, dict, float | None]] = deque()
-        self._records: deque[tuple[str, dict]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -112,28 +111,13 @@ class Batcher:
         self._wake.set()
 
     def record(self, task_id: str, record: dict) -> None:
-        if self._store is None:
-            return
-        if not self.batching:
+        if self._store is not None:  # the store queues and commits in bursts on its own thread
             safe_call(self._store.put, task_id, record, site="celery.store.put")
-            return
-        self._records.append((task_id, record))
-
-    def pending(self, task_id: str) -> dict | None:
-        """A record not yet written (retry right after receipt)."""
-        for tid, record in reversed(list(self._records)):
-            if tid == task_id:
-                return record
-        return None
 
     def flush(self) -> None:
         if os.getpid() != self._pid:
             return
         with self._flush_lock:
-            while self._records:
-                batch = _take(self._records)
-                if self._store is not None:
-                    safe_call(self._store.put_many, batch, site="celery.store.put_many")
             while self._events:
                 self._sink.emit_many(_take(self._events))
 

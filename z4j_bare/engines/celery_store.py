@@ -10,6 +10,12 @@ they came from; the file never leaves the host and is created with mode 0600.
 Values are encoded with kombu's JSON (datetimes, UUIDs, decimals survive); a request whose
 arguments JSON cannot carry (the task was sent with pickle) is stored pickled, which is no
 more trust than the worker already gave the message.
+
+``put`` only encodes and queues: a background thread commits queued records in one transaction
+per burst (a few ms later). A commit per task on the worker's main process cost about as much as
+the rest of the agent's capture together (docs/performance.md, "Celery"). ``get`` sees queued
+records too. The price: records queued when the main process is SIGKILLed (at most one linger
+window) are not remembered, and ``retry_task`` for those tasks fails with its documented reason.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import Any
 
 import structlog
 
+from ..safety import safe_call
+
 log = structlog.get_logger("z4j_bare.engines.celery")
 
 DEFAULT_MAX_ROWS = 100_000
@@ -31,6 +39,11 @@ DEFAULT_TTL_SECONDS = 7 * 24 * 3600.0
 #: A request bigger than this is remembered as "too large" (retry then fails with that reason).
 MAX_RECORD_BYTES = 1 << 20
 PRUNE_EVERY = 1000
+#: Seconds the writer waits after the first queued record, so one commit carries a burst.
+LINGER_SECONDS = 0.02
+#: Queued records above this are committed by the caller itself (the writer is stuck or slow).
+MAX_QUEUED = 20_000
+_INHERITED: list[sqlite3.Connection] = []  # a parent's handles a forked child must never close
 
 
 def _encode(record: dict[str, Any]) -> tuple[str, bytes]:
@@ -55,21 +68,27 @@ def _decode(codec: str, blob: bytes) -> dict[str, Any]:
 class RequestStore:
     """task_id -> original publish parameters. Thread-safe; one connection per process."""
 
-    def __init__(self, path: str, *, max_rows: int = DEFAULT_MAX_ROWS, ttl: float = DEFAULT_TTL_SECONDS) -> None:
+    def __init__(self, path: str, *, max_rows: int = DEFAULT_MAX_ROWS, ttl: float = DEFAULT_TTL_SECONDS,
+                 linger: float = LINGER_SECONDS) -> None:
         self.path = str(path)
         self.max_rows = max(1, int(max_rows))
         self.ttl = float(ttl)
-        self._lock = threading.Lock()
+        self.linger = float(linger)
+        self._lock = threading.Lock()  # the connection, and a write in progress
         self._conn: sqlite3.Connection | None = None
-        self._pid = 0
         self._since_prune = 0
+        self._queue_lock = threading.Lock()
+        self._queued: dict[str, tuple[float, str, bytes]] = {}
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._pid_seen = os.getpid()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"RequestStore(path={self.path!r}, max_rows={self.max_rows})"
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            # A forked child must not reuse the parent's handle: open its own.
+        if self._conn is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
             conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
@@ -82,47 +101,105 @@ class RequestStore:
             )
             conn.execute("CREATE INDEX IF NOT EXISTS celery_requests_age ON celery_requests(stored_at)")
             self._conn = conn
-            self._pid = os.getpid()
         return self._conn
 
+    # -- writing -------------------------------------------------------------------------------
     def put_many(self, records: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """Encode now (a snapshot: the task may mutate its arguments), commit soon."""
         now = time.time()
-        rows = []
+        rows = {}
         for task_id, record in records:
             codec, blob = _encode(record)
             if len(blob) > MAX_RECORD_BYTES:
                 codec, blob = _encode({"too_large": len(blob), "name": record.get("name")})
-            rows.append((task_id, now, codec, blob))
+            rows[task_id] = (now, codec, blob)
         if not rows:
             return 0
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany("INSERT OR REPLACE INTO celery_requests VALUES (?, ?, ?, ?)", rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            self._since_prune += len(rows)
-            if self._since_prune >= PRUNE_EVERY:
-                self._since_prune = 0
-                self._prune(conn, now)
+        self._check_process()
+        with self._queue_lock:
+            self._queued.update(rows)
+            backlog = len(self._queued)
+        if backlog >= MAX_QUEUED or self._closed:
+            self.flush()
+        else:
+            self._ensure_writer()
+            self._wake.set()
         return len(rows)
 
     def put(self, task_id: str, record: dict[str, Any]) -> None:
         self.put_many([(task_id, record)])
 
-    def get(self, task_id: str) -> dict[str, Any] | None:
+    def flush(self) -> None:
+        """Commit every queued record now."""
+        self._check_process()
         with self._lock:
-            row = self._connection().execute(
-                "SELECT codec, body, stored_at FROM celery_requests WHERE task_id = ?", (task_id,)
-            ).fetchone()
-        if row is None or row[2] < time.time() - self.ttl:
+            with self._queue_lock:
+                batch, self._queued = self._queued, {}
+            if not batch:
+                return
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT OR REPLACE INTO celery_requests VALUES (?, ?, ?, ?)",
+                                 [(task_id, *row) for task_id, row in batch.items()])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._since_prune += len(batch)
+            if self._since_prune >= PRUNE_EVERY:
+                self._since_prune = 0
+                self._prune(conn, time.time())
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            with self._queue_lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_loop, name="z4j-celery-requests",
+                                                    daemon=True)
+                    self._writer.start()
+
+    def _check_process(self) -> None:
+        """In a forked child: fresh locks and no writer (the fork may have copied them mid-use)."""
+        if self._pid_seen == os.getpid():
+            return
+        self._pid_seen = os.getpid()
+        self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queued = dict(self._queued)
+        self._wake = threading.Event()
+        self._writer = None
+        if self._conn is not None:
+            # Closing the parent's handle here could drop the parent's SQLite locks: keep it.
+            _INHERITED.append(self._conn)
+            self._conn = None
+
+    def _write_loop(self) -> None:
+        wake = self._wake
+        while not self._closed:
+            wake.wait()
+            wake.clear()
+            if not self._closed:
+                time.sleep(self.linger)
+            safe_call(self.flush, site="celery.store.flush")
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        self._check_process()
+        with self._queue_lock:
+            queued = self._queued.get(task_id)
+        if queued is None:
+            # A record just taken from the queue is being committed under _lock: wait for it.
+            with self._lock:
+                queued = self._connection().execute(
+                    "SELECT stored_at, codec, body FROM celery_requests WHERE task_id = ?", (task_id,)
+                ).fetchone()
+        if queued is None or queued[0] < time.time() - self.ttl:
             return None
-        return _decode(row[0], row[1])
+        return _decode(queued[1], queued[2])
 
     def count(self) -> int:
+        self.flush()
         with self._lock:
             return int(self._connection().execute("SELECT COUNT(*) FROM celery_requests").fetchone()[0])
 
@@ -136,11 +213,19 @@ class RequestStore:
             )
 
     def prune(self) -> None:
+        self.flush()
         with self._lock:
             self._prune(self._connection(), time.time())
 
     def close(self) -> None:
+        self._check_process()
+        self._closed = True
+        self._wake.set()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(1.0)
+        safe_call(self.flush, site="celery.store.flush")
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
+            if self._conn is not None:
                 self._conn.close()
             self._conn = None
