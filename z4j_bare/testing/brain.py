@@ -64,6 +64,11 @@ BRAIN_VERSION = "1.13.0"
 MIN_FRAME_SIZE = 1024
 MAX_FRAME_SIZE = 64 * 1024 * 1024
 INGEST_QUEUE_FRAMES = 64
+# Events parsed but not yet stored, per session, before the receive loop waits for the storage
+# thread: the parsed frames are objects the garbage collector tracks, and letting 64 frames of
+# 4000 events pile up made each full collection walk a million of them. Two big frames still
+# overlap (one stored while the next is verified); a lone frame of any size is always taken.
+INGEST_QUEUE_EVENTS = 8192
 PENDING_DRAIN_LIMIT = 500
 FRAME_LOG_MAX = 10_000
 FRAME_LOG_MAX_BYTES = 64 * 1024 * 1024
@@ -756,7 +761,8 @@ class LocalBrain:
 
     async def _receive_loop(self, sess: Session) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue(INGEST_QUEUE_FRAMES)
-        self._spawn(self._ingest_worker(sess, queue))
+        backlog = _IngestBacklog()
+        self._spawn(self._ingest_worker(sess, queue, backlog))
         try:
             while True:
                 raw = await self._recv(sess.ws)
@@ -790,6 +796,7 @@ class LocalBrain:
                     if not isinstance(frame.payload.get("events"), list):
                         await self._close_session(sess, CloseCode.BAD_FRAME, "event_batch.events must be a list")
                         return
+                    await backlog.reserve(len(frame.payload["events"]))
                     await queue.put((frame, events_text))
                 else:
                     self._handle_control(sess, frame)
@@ -799,7 +806,7 @@ class LocalBrain:
             except asyncio.QueueFull:
                 self._spawn(queue.put(_STOP))
 
-    async def _ingest_worker(self, sess: Session, queue: asyncio.Queue[Any]) -> None:
+    async def _ingest_worker(self, sess: Session, queue: asyncio.Queue[Any], backlog: _IngestBacklog) -> None:
         loop = asyncio.get_running_loop()
         agent = sess.agent
         while True:
@@ -817,6 +824,8 @@ class LocalBrain:
                 # Like the real brain on a transient DB failure: no ack, the agent resends.
                 log.exception("brain.ingest_failed", agent_id=agent.agent_id, frame_id=frame.id)
                 continue
+            finally:
+                backlog.release(len(events))
             self._bump()
             if self._listeners:
                 now = time.time()
@@ -999,6 +1008,26 @@ class LocalBrain:
             data = wire.unsigned(FrameType.COMMAND.value, fid, wire.fake_command_payload(), ts=utc_now_text())
             await sess.send_raw(data, FrameType.COMMAND.value, fid)
         log.info("brain.fault_frame_sent", kind=kind, agent_id=sess.agent.agent_id, session_id=sess.session_id)
+
+
+class _IngestBacklog:
+    """How many events of one session are parsed and waiting for (or in) storage (brain loop only)."""
+
+    __slots__ = ("events", "_room")
+
+    def __init__(self) -> None:
+        self.events = 0
+        self._room = asyncio.Event()
+
+    async def reserve(self, n: int) -> None:
+        while self.events and self.events + n > INGEST_QUEUE_EVENTS:
+            self._room.clear()
+            await self._room.wait()
+        self.events += n
+
+    def release(self, n: int) -> None:
+        self.events -= n
+        self._room.set()
 
 
 def _default_target(action: str, params: dict[str, Any], engine: str | None) -> dict[str, Any]:

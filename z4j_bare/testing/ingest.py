@@ -13,8 +13,9 @@ import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from struct import Struct
+from typing import Any, NamedTuple
 
 DEDUPE_NAMESPACE = uuid.UUID("c4d2c84e-2f0a-4b6c-9c5b-1d6f9a1e7c2a")
 _NS_BYTES = DEDUPE_NAMESPACE.bytes
@@ -52,6 +53,23 @@ TASK_COLUMNS = (
     "exception", "traceback", "retry_count", "last_kind", "last_event_at", "first_seen_at", "updated_at",
 )
 _I = {name: i for i, name in enumerate(TASK_COLUMNS)}
+(_STATE, _NAME, _PRIORITY, _RETRY, _LAST_KIND, _LAST_AT) = (
+    _I["state"], _I["task_name"], _I["priority"], _I["retry_count"], _I["last_kind"], _I["last_event_at"]
+)
+# Columns where the newest non-null value wins.
+_TAKE_NON_NULL = tuple(_I[name] for name in (
+    "agent_id", "queue", "worker", "tags", "args_from", "result_from", "parent_task_id", "root_task_id",
+    "runtime_ms", "exception", "traceback", "updated_at",
+))
+
+
+class PreparedBatch(NamedTuple):
+    """What one pass over an event batch produced (see prepare_batch)."""
+
+    rows: list[tuple]                         # (pos, key, id, batch, idx, engine, task_id, kind, occurred_at)
+    tasks: dict[tuple[str, str], list[Any]]   # (engine, task_id) -> merged task row (TASK_COLUMNS order, key None)
+    notes: list[dict[str, Any]]
+    kept: int                                 # events kept (new or duplicate)
 
 
 def occurred_at_seconds(value: Any, now: float) -> float:
@@ -130,71 +148,136 @@ def _int(value: Any) -> int | None:
     return None
 
 
+_ID = Struct(">QQ")
+_unpack_id, _pack_id = _ID.unpack_from, _ID.pack
+_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
+# Unix seconds of "YYYY-MM-DDTHH:MM:SS" prefixes already parsed (bounded; any thread may use it).
+_SECONDS: dict[str, int] = {}
+_SECONDS_MAX = 65536
+
+
+def _prefix_seconds(prefix: str) -> int | None:
+    """Whole unix seconds of a UTC ``YYYY-MM-DDTHH:MM:SS`` text, or None if it is not exactly that."""
+    if (
+        len(prefix) != 19 or not prefix.isascii() or prefix[4] != "-" or prefix[7] != "-" or prefix[10] != "T"
+        or prefix[13] != ":" or prefix[16] != ":" or prefix[11:13] > "23"
+        or not (prefix[:4] + prefix[5:7] + prefix[8:10] + prefix[11:13] + prefix[14:16] + prefix[17:]).isdigit()
+    ):
+        return None
+    try:
+        parsed = datetime.fromisoformat(prefix)
+    except ValueError:
+        return None
+    seconds = (parsed - _EPOCH) // _SECOND
+    if len(_SECONDS) >= _SECONDS_MAX:
+        _SECONDS.clear()
+    _SECONDS[prefix] = seconds
+    return seconds
+
+
 def prepare_batch(
     events: Sequence[Any], *, batch: int, project_id: str, agent_id: str, now: float | None = None,
-    summaries: bool = False,
-) -> tuple[list[tuple], list[tuple], list[dict[str, Any]]]:
-    """Event rows ``(key, id, batch, idx, engine, task_id, kind, occurred_at)``, merged task rows
-    (one per task, TASK_COLUMNS order) and, if asked, a light summary per kept event.
+    positions: dict[int, int] | None = None, next_pos: int = 1, summaries: bool = False,
+) -> PreparedBatch:
+    """One pass over a batch: the rows to insert, the batch's merged task rows and the notes.
 
-    Events that are not objects or have an empty engine are dropped, as the real brain does;
-    unknown kinds are stored as ``unknown``.
+    ``positions`` maps the dedupe key of every stored event to its position (the events table's
+    rowid). An event whose key is there, or earlier in this batch, is a duplicate: no row, but
+    its task row still takes part in the merge (the store applies the whole batch's projection
+    when anything in the batch was new). New events get the positions
+    ``next_pos``, ``next_pos + 1``, ... in order, and their keys are added to ``positions``
+    (the caller removes them with ``forget`` if the batch is not stored; so does this function
+    if it raises). Events that are not objects or have an empty engine are dropped, as the real
+    brain does; unknown kinds are stored as ``unknown``.
     """
     now = time.time() if now is None else now
-    event_rows: list[tuple] = []
+    positions = {} if positions is None else positions
+    low, high = now - PAST_WINDOW_SECONDS, now + FUTURE_WINDOW_SECONDS
+    rows: list[tuple] = []
     tasks: dict[tuple[str, str], list[Any]] = {}
     notes: list[dict[str, Any]] = []
-    seen_ts: dict[Any, float] = {}
-    kinds, states, sha1, ns = EVENT_KINDS, TASK_STATES, hashlib.sha1, _NS_BYTES
-    for idx, ev in enumerate(events):
-        if type(ev) is not dict:
-            continue
-        engine = ev.get("engine")
-        if not engine or type(engine) is not str:
-            continue
-        kind = ev.get("kind")
-        if kind not in kinds:
-            kind = "unknown"
-        task_id = ev.get("task_id")
-        if type(task_id) is not str:
-            task_id = "" if task_id is None else str(task_id)
-        occurred = ev.get("occurred_at")
-        ts = seen_ts.get(occurred) if type(occurred) is str else None
-        if ts is None:
-            ts = occurred_at_seconds(occurred, now)
-            if type(occurred) is str:
-                seen_ts[occurred] = ts
-        if task_id:
-            # Inlined _uuid5_bytes: this loop is the ingest hot path.
-            raw = bytearray(sha1(ns + f"{project_id}:{engine}:{task_id}:{kind}:{int(ts)}".encode()).digest()[:16])
-            raw[6] = (raw[6] & 0x0F) | 0x50
-            raw[8] = (raw[8] & 0x3F) | 0x80
-            eid = bytes(raw)
-        else:
-            eid = event_id_bytes(project_id, engine, task_id, kind, ts, ev.get("id"))
-        event_rows.append((int.from_bytes(eid[:8], "big", signed=True), eid, batch, idx, engine, task_id, kind, ts))
-        data = ev.get("data")
-        if type(data) is not dict:
-            data = {}
-        state = states.get(kind)
-        if state is not None and task_id:
-            row = _task_row(project_id, agent_id, engine, task_id, kind, state, ts, now, data, eid)
-            prior = tasks.get((engine, task_id))
-            tasks[(engine, task_id)] = row if prior is None else merge_task_rows(prior, row)
-        if summaries:
-            notes.append({"kind": kind, "engine": engine, "task_id": task_id,
-                          "task_name": data.get("task_name"), "state": state})
-    rows = []
-    for (engine, task_id), row in tasks.items():
-        row[0] = task_key(project_id, engine, task_id)
-        rows.append(tuple(row))
-    return event_rows, rows, notes
+    kept = 0
+    pos = next_pos
+    kinds, states, sha1, unpack, pack = EVENT_KINDS, TASK_STATES, hashlib.sha1, _unpack_id, _pack_id
+    known, seconds = positions.get, _SECONDS.get
+    name_prefix = _NS_BYTES + f"{project_id}:".encode()
+    try:
+        for idx, ev in enumerate(events):
+            if type(ev) is not dict:
+                continue
+            engine = ev.get("engine")
+            if not engine or type(engine) is not str:
+                continue
+            kept += 1
+            kind = ev.get("kind")
+            if kind not in kinds:
+                kind = "unknown"
+            task_id = ev.get("task_id")
+            if type(task_id) is not str:
+                task_id = "" if task_id is None else str(task_id)
+            occurred = ev.get("occurred_at")
+            ts = None
+            # Fast path for the agent's own format ("YYYY-MM-DDTHH:MM:SS.ffffff+00:00" or "...Z"):
+            # exactly what datetime.fromisoformat(...).timestamp() returns, computed from the cached
+            # whole seconds; anything else takes occurred_at_seconds.
+            if type(occurred) is str and (
+                (len(occurred) == 32 and occurred[26:] == "+00:00") or (len(occurred) == 27 and occurred[26] == "Z")
+            ) and occurred[19] == ".":
+                frac = occurred[20:26]
+                if frac.isascii() and frac.isdigit():
+                    whole = seconds(occurred[:19])
+                    if whole is None:
+                        whole = _prefix_seconds(occurred[:19])
+                    if whole is not None:
+                        ts = (whole * 1_000_000 + int(frac)) / 1_000_000
+                        if ts < low or ts > high:
+                            ts = now
+            if ts is None:
+                ts = occurred_at_seconds(occurred, now)
+            if task_id:
+                # Inlined uuid5 (see _uuid5_bytes): this loop is the ingest hot path.
+                hi, lo = unpack(sha1(name_prefix + f"{engine}:{task_id}:{kind}:{int(ts)}".encode()).digest())
+                hi = (hi & 0xFFFFFFFFFFFF0FFF) | 0x5000
+                eid = pack(hi, (lo & 0x3FFFFFFFFFFFFFFF) | 0x8000000000000000)
+                key = hi - 0x10000000000000000 if hi >> 63 else hi
+            else:
+                eid = event_id_bytes(project_id, engine, task_id, kind, ts, ev.get("id"))
+                key = int.from_bytes(eid[:8], "big", signed=True)
+            ref = known(key)
+            if ref is None:
+                ref = positions[key] = pos
+                pos += 1
+                rows.append((ref, key, eid, batch, idx, engine, task_id, kind, ts))
+            state = states.get(kind)
+            if state is not None and task_id:
+                data = ev.get("data")
+                row = _task_row(project_id, agent_id, engine, task_id, kind, state, ts, now,
+                                data if type(data) is dict else {}, ref)
+                tk = (engine, task_id)
+                prior = tasks.get(tk)
+                tasks[tk] = row if prior is None else merge_task_rows(prior, row)
+            if summaries:
+                data = ev.get("data")
+                notes.append({"kind": kind, "engine": engine, "task_id": task_id,
+                              "task_name": data.get("task_name") if type(data) is dict else None, "state": state})
+    except BaseException:
+        forget(positions, rows)
+        raise
+    return PreparedBatch(rows, tasks, notes, kept)
+
+
+def forget(positions: dict[int, int], rows: Sequence[tuple]) -> None:
+    """Undo prepare_batch's additions to ``positions`` (the batch was not stored)."""
+    for row in rows:
+        positions.pop(row[1], None)
 
 
 def _task_row(
     project_id: str, agent_id: str, engine: str, task_id: str, kind: str, state: str, ts: float, now: float,
-    data: Mapping[str, Any], eid: bytes,
+    data: Mapping[str, Any], ref: int,
 ) -> list[Any]:
+    """A task row for one event; ``ref`` is the position of the stored event with its dedupe id."""
     get = data.get
     priority = get("priority")
     if priority is not None and priority not in PRIORITIES:
@@ -211,13 +294,16 @@ def _task_row(
     ]
     if kind == "task.received" or kind == "task.started":
         if get("args") is not None or get("kwargs") is not None:
-            row[11] = eid
+            row[11] = ref
         if kind == "task.received":
-            row[13] = _text(get("parent_task_id"))
-            row[14] = _text(get("root_task_id"))
+            parent, root = get("parent_task_id"), get("root_task_id")
+            if parent is not None:
+                row[13] = _text(parent)
+            if root is not None:
+                row[14] = _text(root)
     elif kind == "task.succeeded":
         if "result" in data:
-            row[12] = eid
+            row[12] = ref
         row[15] = _int(get("runtime_ms"))
     elif kind == "task.failed":
         row[15] = _int(get("runtime_ms"))
@@ -228,24 +314,22 @@ def _task_row(
     return row
 
 
-def _name_is_placeholder(name: Any) -> bool:
-    return name is None or name == "unknown" or (isinstance(name, str) and name.startswith("<unknown"))
-
-
-def merge_task_rows(old: list[Any], new: list[Any]) -> list[Any]:
+def merge_task_rows(old: Sequence[Any], new: Sequence[Any]) -> list[Any]:
     """Apply ``new`` on top of ``old`` (the rules of the task projection: the newest event owns the state)."""
     out = list(old)
-    if new[_I["last_event_at"]] >= old[_I["last_event_at"]]:
-        out[_I["state"]] = new[_I["state"]]
-        out[_I["last_kind"]] = new[_I["last_kind"]]
-        out[_I["last_event_at"]] = new[_I["last_event_at"]]
-    if not _name_is_placeholder(new[_I["task_name"]]) or old[_I["task_name"]] is None:
-        out[_I["task_name"]] = new[_I["task_name"]]
-    if new[_I["priority"]] not in (None, "normal"):
-        out[_I["priority"]] = new[_I["priority"]]
-    for name in ("agent_id", "queue", "worker", "tags", "args_from", "result_from", "parent_task_id",
-                 "root_task_id", "runtime_ms", "exception", "traceback", "updated_at"):
-        if new[_I[name]] is not None:
-            out[_I[name]] = new[_I[name]]
-    out[_I["retry_count"]] = max(old[_I["retry_count"]] or 0, new[_I["retry_count"]] or 0) or old[_I["retry_count"]]
+    if new[_LAST_AT] >= old[_LAST_AT]:
+        out[_STATE] = new[_STATE]
+        out[_LAST_KIND] = new[_LAST_KIND]
+        out[_LAST_AT] = new[_LAST_AT]
+    name = new[_NAME]
+    if not (name is None or name == "unknown" or (isinstance(name, str) and name.startswith("<unknown"))) or (
+        old[_NAME] is None
+    ):
+        out[_NAME] = name
+    if new[_PRIORITY] not in (None, "normal"):
+        out[_PRIORITY] = new[_PRIORITY]
+    for i in _TAKE_NON_NULL:
+        if new[i] is not None:
+            out[i] = new[i]
+    out[_RETRY] = max(old[_RETRY] or 0, new[_RETRY] or 0) or old[_RETRY]
     return out
