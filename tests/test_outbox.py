@@ -106,3 +106,22 @@ def test_partial_batches_linger_but_full_batches_and_drain_do_not(tmp_path):
     clock.now = 10.07
     assert outbox.pump(signer, sent.append, linger=False) == 1  # the final drain never waits
     store.close()
+
+
+def test_frames_cut_by_the_max_frame_size_still_fill_the_window(tmp_path):
+    # 5000-event batches do not fit one 64 KiB frame: each frame is "full" at the frame size, and
+    # the window must fill with them instead of waiting out the linger after every frame.
+    store = BufferStore(tmp_path / "w.sqlite")
+    store.append_many([("event", json.dumps({"id": str(i), "pad": "x" * 200}), "celery") for i in range(5000)])
+    clock, sent = Clock(), []
+    outbox = Outbox(store, max_inflight=4, clock=clock)
+    outbox.reset(64 * 1024)
+    outbox.batch_target = 5000
+    signer = Signer(KEY, BINDING)
+    clock.now = 10.0
+    outbox.pump(signer, sent.append)
+    clock.now = 10.001  # a moment after the first frame: still inside the linger
+    outbox.pump(signer, sent.append)
+    assert outbox.inflight == 4 and len(sent) == 4
+    assert all(len(raw) <= 64 * 1024 for raw in sent)
+    store.close()

@@ -129,3 +129,23 @@ def test_unicode_and_big_bodies_round_trip(tmp_path):
         assert s.append("event", "y" * 70_000) is False  # can never fit: refused at once
     finally:
         s.close()
+
+
+def test_depth_waits_for_an_ingest_in_progress_instead_of_missing_its_rows(tmp_path):
+    import threading
+
+    s = BufferStore(tmp_path / "b.sqlite")
+    try:
+        for i in range(10):
+            s.append("event", f"e{i}")
+        s._ilock.acquire()  # as if the I/O thread were moving rows right now
+        got: list[int] = []
+        reader = threading.Thread(target=lambda: got.append(s.depth()))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive(), "depth() answered while rows were being moved"
+        s._ilock.release()
+        reader.join(5)
+        assert got == [10]
+    finally:
+        s.close()

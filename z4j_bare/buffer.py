@@ -86,8 +86,8 @@ _SCHEMA = (
 )
 #: Spool writes between two checks of the spool's size against max_bytes.
 _SPOOL_CHECK_EVERY = 1024
-#: Rows moved from the spool into SQLite per transaction.
-_INGEST_ROWS = 20_000
+#: Rows moved from the spool into SQLite per transaction (bounds the memory one pass holds).
+_INGEST_ROWS = 1024
 
 _INSERT = (
     "INSERT INTO entries(kind, engine, size, cum, created_at, body) VALUES"
@@ -793,13 +793,12 @@ class BufferStore:
     def ingest(self) -> int:
         """Owner: move spooled records (every process's) into SQLite; returns rows moved.
 
-        Called by read() and the totals, so the drainer sees spooled rows; a thread that finds
-        another one ingesting returns at once.
+        Called by read() and the totals, so they count spooled rows too; a thread that finds
+        another one ingesting waits for it (depth() must never miss rows being moved).
         """
         if not self._spool_on or not self.owner or self._closed:
             return 0
-        if not self._ilock.acquire(blocking=False):
-            return 0
+        self._ilock.acquire()
         moved = 0
         try:
             while True:

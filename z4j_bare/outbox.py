@@ -116,11 +116,12 @@ class Outbox:
             if unsent < self.batch_target:
                 return 0  # not even a full batch waiting: do not read it yet
         while len(self._inflight) < self._max_inflight:
-            rows = self._buffer.read(after_id=self._cursor, limit=self._read_limit())
+            limit = self._read_limit()
+            rows = self._buffer.read(after_id=self._cursor, limit=limit)
             if not rows:
                 break
-            if linger and len(rows) < self.batch_target and self._clock() - self._last_send < LINGER_SECONDS:
-                break
+            if linger and len(rows) < limit and self._clock() - self._last_send < LINGER_SECONDS:
+                break  # a partial frame: let it fill a little
             handled += self._ship(rows, signer, send)
         return handled
 

@@ -38,7 +38,7 @@ _META = struct.Struct("<dBB")
 #: A file is closed and a new one started past this size (finished files are removed once read).
 ROTATE_BYTES = 8 << 20
 #: At most this much is read from one file per collect pass (bounds the owner's memory).
-READ_CHUNK = 4 << 20
+READ_CHUNK = 256 << 10
 #: A length field above this is corruption, not a record still being written.
 MAX_RECORD = 64 << 20
 SUFFIX = ".log"
