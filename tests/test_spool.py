@@ -149,3 +149,32 @@ def test_depth_waits_for_an_ingest_in_progress_instead_of_missing_its_rows(tmp_p
         assert got == [10]
     finally:
         s.close()
+
+
+def test_a_forked_child_drops_the_parents_spool_file_at_fork(tmp_path):
+    s = BufferStore(tmp_path / "b.sqlite")
+    try:
+        s.append("event", "parent")
+        (parent_file,) = spool_files(s)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            held = b"?"
+            try:
+                targets = []
+                for fd in os.listdir("/proc/self/fd"):
+                    try:
+                        targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+                    except OSError:
+                        pass
+                held = b"1" if any(t.endswith(parent_file) for t in targets) else b"0"
+            finally:
+                os.write(w, held)
+                os._exit(0)
+        os.close(w)
+        answer = os.read(r, 1)
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert answer == b"0", "the child kept the parent's spool file open (it could never be finished)"
+    finally:
+        s.close()

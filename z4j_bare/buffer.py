@@ -476,6 +476,7 @@ class BufferStore:
         self._budget_rows = self._budget_bytes = 0
         self._writer_lock_tried = False
         self._ilock = threading.Lock()
+        self._spool.after_fork_in_child()
 
     def _ensure_process(self) -> None:
         if self._pid != os.getpid():

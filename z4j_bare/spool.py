@@ -76,7 +76,7 @@ class SpoolWriter:
     def write(self, data: bytes) -> None:
         """Append ``data`` whole, or raise OSError with the file left as it was."""
         if self._pid != os.getpid():
-            self._adopt_process()
+            self._reset(close=False)  # a fork the at-fork hook did not see: see after_fork_in_child
         with self._lock:
             if self._fd < 0:
                 self._open()
@@ -100,15 +100,21 @@ class SpoolWriter:
 
     def close(self) -> None:
         if self._pid != os.getpid():
-            self._adopt_process()
+            self._reset(close=False)
             return
         with self._lock:
             self._close_locked()
 
-    def _adopt_process(self) -> None:
-        # The parent's descriptor (and the flock on it) stays the parent's: a child closing its
-        # copy does not release the lock while the parent holds the same open file.
-        if self._fd >= 0:
+    def after_fork_in_child(self) -> None:
+        """Run by the buffer's at-fork hook: drop the parent's file while its descriptor number
+        is surely still that file (later, the host may have closed and reused the number)."""
+        self._reset(close=True)
+
+    def _reset(self, *, close: bool) -> None:
+        # Closing the child's copy leaves the parent's file and flock alone (the lock belongs to
+        # the open file, which the parent still holds). Without ``close`` the copy leaks: the
+        # file then counts as written until this process exits, which only delays its removal.
+        if close and self._fd >= 0:
             try:
                 os.close(self._fd)
             except OSError:
