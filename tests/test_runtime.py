@@ -76,14 +76,18 @@ def test_events_written_before_connect_are_delivered_and_not_duplicated(brain):
     assert brain.event_count() == 20
 
 
-def test_brain_down_then_back_delivers_backlog(brain):
-    creds = brain.mint_agent()
+def _running_then_disconnected(brain):
     engine = RecordingEngine()
-    runtime = _runtime(creds, [engine])
+    runtime = _runtime(brain.mint_agent(), [engine])
     runtime.start()
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     brain.pause()
     _wait(lambda: runtime.state is not RuntimeState.RUNNING, what="disconnect")
+    return runtime, engine
+
+
+def test_brain_down_then_back_delivers_backlog(brain):
+    runtime, engine = _running_then_disconnected(brain)
     for i in range(300):
         engine.emit_task(f"b{i}", "task.received", "task.succeeded")
     assert runtime.buffer.depth() >= 600
@@ -98,13 +102,7 @@ def test_brain_down_then_back_delivers_backlog(brain):
 def test_spooled_events_move_into_the_buffer_while_the_brain_is_away(brain):
     import sqlite3
 
-    creds = brain.mint_agent()
-    engine = RecordingEngine()
-    runtime = _runtime(creds, [engine])
-    runtime.start()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
-    brain.pause()
-    _wait(lambda: runtime.state is not RuntimeState.RUNNING, what="disconnect")
+    runtime, engine = _running_then_disconnected(brain)
     for i in range(100):
         engine.emit_task(f"s{i}", "task.received")
 

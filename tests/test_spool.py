@@ -40,19 +40,29 @@ def test_appends_are_spooled_then_read_in_order_and_files_cleaned(tmp_path):
         reopened.close()
 
 
+def run_in_child(fn) -> bytes:
+    """``fn()`` in a forked child; what it returns (b"!" if it raised)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        out = b"!"
+        try:
+            out = fn()
+        finally:
+            os.write(w, out)
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return data
+
+
 def test_forked_child_records_join_the_parent_timeline(tmp_path):
     s = BufferStore(tmp_path / "b.sqlite")
     try:
         s.append("event", "parent-before")
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            code = 1
-            try:
-                code = 0 if s.append("event", "child") and not s.owner else 2
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert run_in_child(lambda: b"ok" if s.append("event", "child") and not s.owner else b"no") == b"ok"
         s.append("event", "parent-after")
         assert bodies(s) == ["parent-before", "child", "parent-after"]
         assert len(spool_files(s)) == 1  # the dead child's file is gone, ours stays open
@@ -156,25 +166,16 @@ def test_a_forked_child_drops_the_parents_spool_file_at_fork(tmp_path):
     try:
         s.append("event", "parent")
         (parent_file,) = spool_files(s)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            held = b"?"
-            try:
-                targets = []
-                for fd in os.listdir("/proc/self/fd"):
-                    try:
-                        targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-                    except OSError:
-                        pass
-                held = b"1" if any(t.endswith(parent_file) for t in targets) else b"0"
-            finally:
-                os.write(w, held)
-                os._exit(0)
-        os.close(w)
-        answer = os.read(r, 1)
-        os.close(r)
-        os.waitpid(pid, 0)
-        assert answer == b"0", "the child kept the parent's spool file open (it could never be finished)"
+
+        def holds_parent_file() -> bytes:
+            targets = []
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+                except OSError:
+                    pass
+            return b"1" if any(t.endswith(parent_file) for t in targets) else b"0"
+
+        assert run_in_child(holds_parent_file) == b"0", "the child kept the parent's spool file open"
     finally:
         s.close()

@@ -33,15 +33,7 @@ from typing import Any
 
 from .ingest import TASK_COLUMNS, forget, iso_utc, merge_task_rows, prepare_batch, task_key
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY,
-    frame_id TEXT NOT NULL,
-    project_id TEXT NOT NULL,
-    agent_id TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    events BLOB NOT NULL
-);
+_EVENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS events (
     pos INTEGER PRIMARY KEY,
     key INTEGER NOT NULL,
@@ -53,7 +45,17 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     occurred_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS tasks (
+"""
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    frame_id TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    events BLOB NOT NULL
+);
+""" + _EVENTS_TABLE + """CREATE TABLE IF NOT EXISTS tasks (
     key INTEGER PRIMARY KEY,
     project_id TEXT NOT NULL,
     engine TEXT NOT NULL,
@@ -80,18 +82,7 @@ _INSERT_EVENT = (
 # tasks.args_from/result_from holding event ids. _migrate() converts such a file on open.
 _MIGRATE_V1 = """
 ALTER TABLE events RENAME TO events_v1;
-CREATE TABLE events (
-    pos INTEGER PRIMARY KEY,
-    key INTEGER NOT NULL,
-    id BLOB NOT NULL,
-    batch INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    engine TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    occurred_at REAL NOT NULL
-);
-INSERT INTO events (key, id, batch, idx, engine, task_id, kind, occurred_at)
+""" + _EVENTS_TABLE + """INSERT INTO events (key, id, batch, idx, engine, task_id, kind, occurred_at)
     SELECT key, id, batch, idx, engine, task_id, kind, occurred_at FROM events_v1 ORDER BY batch, idx;
 DROP TABLE events_v1;
 """
