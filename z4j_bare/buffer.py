@@ -598,18 +598,16 @@ class BufferStore:
     def append_many(self, rows: Sequence[tuple[str, str]] | Sequence[tuple[str, str, str]]) -> int:
         """Make many rows durable in one write (or one transaction); returns how many were stored."""
         now = time.time()
-        items = []
-        for row in rows:
-            kind, body = row[0], row[1]
-            engine = row[2] if len(row) > 2 else ""
-            items.append((kind, body, engine, _body_size(body), now))
-        if not items:
+        spooled = [(row[0], row[2] if len(row) > 2 else "", row[1], now) for row in rows]  # kind, engine, body
+        if not spooled:
             return 0
         try:
-            self._ensure_process()
-            if self._spool_on and all(item[3] <= self._spool_max_len for item in items) and \
-                    self._spool_write([(k, e, b, now) for k, b, e, _s, _t in items]):
-                return len(items)
+            if self._pid != os.getpid():
+                self._ensure_process()
+            limit = self._spool_max_len
+            if self._spool_on and all(len(row[2]) <= limit for row in spooled) and self._spool_write(spooled):
+                return len(spooled)
+            items = [(kind, body, engine, _body_size(body), now) for kind, engine, body, _t in spooled]
             with self._wlock:
                 conn = self._writer()
                 self._budget_rows -= len(items)
@@ -625,7 +623,7 @@ class BufferStore:
                     raise
                 return len(items)
         except Exception as exc:
-            for kind, _b, engine, _s, _t in items:
+            for kind, engine, _b, _t in spooled:
                 self._append_failed(kind, engine, 1, exc)
             return 0
 
