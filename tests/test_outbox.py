@@ -125,3 +125,20 @@ def test_frames_cut_by_the_max_frame_size_still_fill_the_window(tmp_path):
     assert outbox.inflight == 4 and len(sent) == 4
     assert all(len(raw) <= 64 * 1024 for raw in sent)
     store.close()
+
+
+def test_a_full_frame_waiting_goes_out_inside_the_linger(tmp_path):
+    store = BufferStore(tmp_path / "f.sqlite")
+    store.append_many([("event", json.dumps({"id": str(i), "pad": "x" * 200}), "celery") for i in range(3000)])
+    clock, sent = Clock(), []
+    outbox = Outbox(store, max_inflight=2, clock=clock)
+    outbox.reset(64 * 1024)
+    outbox.batch_target = 5000  # more than a frame holds: "full" means a full frame
+    signer = Signer(KEY, BINDING)
+    clock.now = 10.0
+    outbox.pump(signer, sent.append)
+    for frame in _frames(sent):
+        outbox.on_ack(frame["id"])
+    clock.now = 10.001  # inside the linger after those sends
+    assert outbox.pump(signer, sent.append) > 0, "full frames were held back as if partial"
+    store.close()

@@ -113,8 +113,8 @@ class Outbox:
         handled = 0
         if linger and self._clock() - self._last_send < LINGER_SECONDS:
             unsent = self._buffer.depth() - sum(len(b.row_ids) for b in self._inflight.values())
-            if unsent < self.batch_target:
-                return 0  # not even a full batch waiting: do not read it yet
+            if unsent < self._read_limit():
+                return 0  # not even a full frame waiting: do not read it yet
         while len(self._inflight) < self._max_inflight:
             limit = self._read_limit()
             rows = self._buffer.read(after_id=self._cursor, limit=limit)
