@@ -179,3 +179,22 @@ def test_a_forked_child_drops_the_parents_spool_file_at_fork(tmp_path):
         assert run_in_child(holds_parent_file) == b"0", "the child kept the parent's spool file open"
     finally:
         s.close()
+
+
+def test_an_ingest_that_fails_keeps_the_records_spooled_until_it_succeeds(tmp_path):
+    import sqlite3
+
+    s = BufferStore(tmp_path / "b.sqlite")
+    try:
+        s.append("event", "kept")
+        blocker = sqlite3.connect(s.path, isolation_level=None, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock past busy_timeout
+        try:
+            assert s.ingest() == 0
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert bodies(s) == ["kept"]
+        assert s.telemetry_loss()["unclassified_frames"] == 0
+    finally:
+        s.close()

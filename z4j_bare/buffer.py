@@ -344,6 +344,7 @@ class BufferStore:
         self._spool_offsets: dict[str, int] = {}
         self._spool_budget = _SPOOL_CHECK_EVERY
         self._spool_errors = 0
+        self._ingest_failures = 0
         self._spool_max_len = max_bytes // 4  # characters: at most 4 UTF-8 bytes each
         self._ilock = threading.Lock()
         self._writer_lock_tried = False
@@ -826,7 +827,10 @@ class BufferStore:
                 if not batch.rows:
                     return moved
         except Exception as exc:  # the rows stay spooled: the next call retries
-            log.error("buffer.ingest_failed", path=str(self.path), error=f"{type(exc).__name__}: {exc}")
+            self._ingest_failures += 1
+            if self._ingest_failures == 1 or self._ingest_failures % 1000 == 0:  # called ~20 times a second
+                log.error("buffer.ingest_failed", path=str(self.path), failures=self._ingest_failures,
+                          error=f"{type(exc).__name__}: {exc}", effect="events stay in the spool until it succeeds")
             return moved
         finally:
             self._ilock.release()
