@@ -785,7 +785,8 @@ class BufferStore:
     @staticmethod
     def _load_offsets(conn: sqlite3.Connection, present: list[str]) -> dict[str, int]:
         offsets = dict(conn.execute("SELECT name, offset FROM spool").fetchall())
-        gone = [name for name in offsets if name not in set(present)]
+        files = set(present)
+        gone = [name for name in offsets if name not in files]
         if gone:  # files removed after their rows were committed (see _finish_spool_files)
             conn.executemany("DELETE FROM spool WHERE name = ?", [(n,) for n in gone])
         return {name: offset for name, offset in offsets.items() if name not in gone}
