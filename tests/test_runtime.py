@@ -76,6 +76,22 @@ def test_events_written_before_connect_are_delivered_and_not_duplicated(brain):
     assert brain.event_count() == 20
 
 
+@pytest.mark.parametrize("spool", [True, False])
+def test_buffer_spool_option_chooses_the_append_path_and_both_deliver(brain, spool):
+    from z4j_bare.spool import spool_dir_for
+
+    engine = RecordingEngine()
+    runtime = _runtime(brain.mint_agent(), [engine], buffer_spool=spool)
+    engine.attach(runtime.sinks["celery"])
+    for i in range(20):
+        engine.emit_task(f"sp{i}", "task.received")
+    assert spool_dir_for(runtime.buffer.path).exists() is spool
+    runtime.start()
+    assert runtime.flush(10)
+    runtime.stop()
+    assert brain.event_count() == 20
+
+
 def _running_then_disconnected(brain):
     engine = RecordingEngine()
     runtime = _runtime(brain.mint_agent(), [engine])

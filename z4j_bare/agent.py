@@ -82,7 +82,7 @@ def build_runtime(config: Config, engines: Sequence[EngineAdapter], framework: B
     )
     buffer = BufferStore.open_for_deployment(
         config.home, deployment_id(config.key), buffer_path=config.buffer_path,
-        max_rows=config.buffer_max_events, max_bytes=config.buffer_max_bytes,
+        max_rows=config.buffer_max_events, max_bytes=config.buffer_max_bytes, spool=config.buffer_spool,
     )
     try:
         return AgentRuntime(config=config, engines=list(engines), buffer=buffer, redactor=redactor, framework=framework)

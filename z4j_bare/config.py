@@ -244,6 +244,9 @@ OPTIONS: tuple[Option, ...] = (
     _opt("buffer_max_events", "int", 100_000, "Most events kept in the buffer; the oldest are evicted "
          "(and counted) beyond it.", minimum=1000),
     _opt("buffer_max_bytes", "int", 268_435_456, "Largest buffer size in bytes (256 MiB).", minimum=_MIB),
+    _opt("buffer_spool", "bool", True, "Appends go to a per-process spool file (one write() per event) that the "
+         "agent moves into the SQLite buffer; false commits each event to SQLite directly (slower; for "
+         "filesystems where flock does not work)."),
     # --- payload and redaction
     _opt("max_payload_bytes", "int", 8192, "Largest captured argument/result value, in bytes, before "
          "truncation.", minimum=128),
@@ -696,6 +699,7 @@ class Config:
     home: Path | None = None
     buffer_max_events: int = 100_000
     buffer_max_bytes: int = 268_435_456
+    buffer_spool: bool = True
     max_payload_bytes: int = 8192
     max_event_bytes: int = 65536
     redaction_extra_key_patterns: tuple[str, ...] = ()
