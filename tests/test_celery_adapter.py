@@ -84,6 +84,10 @@ def test_hooks_install_and_restore(tmp_path):
     from celery.worker import request as request_module
     from celery.worker import strategy
 
+    from celery import signals
+
+    watched = (signals.task_received, signals.task_prerun, signals.task_postrun, signals.before_task_publish)
+    receivers_before = {sig: len(sig.receivers) for sig in watched}
     originals = {n: request_module.Request.__dict__[n] for n in ("on_accepted", "on_success", "on_failure", "on_retry")}
     create = strategy.create_request_cls
     app = make_app()
@@ -104,6 +108,8 @@ def test_hooks_install_and_restore(tmp_path):
         assert request_module.Request.__dict__[name] is fn
     assert strategy.create_request_cls is create
     assert not hasattr(sub.__dict__["on_success"], "__z4j_original__")
+    # Every signal receiver is gone again: a stopped agent must not keep capturing.
+    assert {sig: len(sig.receivers) for sig in watched} == receivers_before
 
 
 def test_eager_capture(brain):

@@ -217,7 +217,7 @@ class CeleryCapture:
         self.batcher = Batcher(sink, store, batch_interval if self._is_main_process() else 0.0)
         self._patched: list[tuple[type, str, Any]] = []
         self._strategy_patch: tuple[Any, Any] | None = None
-        self._receivers: list[tuple[Any, Callable]] = []
+        self._receivers: list[tuple[Any, str]] = []  # (signal, dispatch_uid)
         self._eager = threading.local()
         self._publishing = threading.local()
         self._online_sent = False
@@ -272,8 +272,9 @@ class CeleryCapture:
         if not self.installed:
             return
         self.installed = False
-        for signal, receiver in self._receivers:
-            safe_call(signal.disconnect, receiver, site="celery.disconnect")
+        for signal, uid in self._receivers:
+            # Connected with a dispatch_uid, so only that uid finds the receiver again.
+            safe_call(signal.disconnect, dispatch_uid=uid, site="celery.disconnect")
         self._receivers.clear()
         for cls, name, original in reversed(self._patched):
             if original is None:
@@ -288,8 +289,9 @@ class CeleryCapture:
         self.batcher.close()
 
     def _connect(self, signal: Any, receiver: Callable) -> None:
-        signal.connect(receiver, weak=False, dispatch_uid=f"z4j-celery-{receiver.__name__}-{id(self)}")
-        self._receivers.append((signal, receiver))
+        uid = f"z4j-celery-{receiver.__name__}-{id(self)}"
+        signal.connect(receiver, weak=False, dispatch_uid=uid)
+        self._receivers.append((signal, uid))
 
     def _patch_requests(self) -> None:
         from celery.worker import request as request_module
