@@ -218,6 +218,7 @@ class CeleryCapture:
         self._patched: list[tuple[type, str, Any]] = []
         self._strategy_patch: tuple[Any, Any] | None = None
         self._receivers: list[tuple[Any, str]] = []  # (signal, dispatch_uid)
+        self._uid = os.urandom(8).hex()
         self._eager = threading.local()
         self._publishing = threading.local()
         self._online_sent = False
@@ -289,7 +290,9 @@ class CeleryCapture:
         self.batcher.close()
 
     def _connect(self, signal: Any, receiver: Callable) -> None:
-        uid = f"z4j-celery-{receiver.__name__}-{id(self)}"
+        # Unique per capture: id(self) can be reused by a later capture, whose receivers an
+        # earlier capture's uninstall would then remove (or whose connect Celery would skip).
+        uid = f"z4j-celery-{receiver.__name__}-{self._uid}"
         signal.connect(receiver, weak=False, dispatch_uid=uid)
         self._receivers.append((signal, uid))
 
