@@ -108,17 +108,23 @@ def test_partial_batches_linger_but_full_batches_and_drain_do_not(tmp_path):
     store.close()
 
 
-def test_frames_cut_by_the_max_frame_size_still_fill_the_window(tmp_path):
-    # 5000-event batches do not fit one 64 KiB frame: each frame is "full" at the frame size, and
-    # the window must fill with them instead of waiting out the linger after every frame.
+def _framed_outbox(tmp_path, rows, inflight):
+    """``rows`` events of ~230 bytes, 64 KiB frames, a batch target larger than a frame holds."""
     store = BufferStore(tmp_path / "w.sqlite")
-    store.append_many([("event", json.dumps({"id": str(i), "pad": "x" * 200}), "celery") for i in range(5000)])
-    clock, sent = Clock(), []
-    outbox = Outbox(store, max_inflight=4, clock=clock)
+    store.append_many([("event", json.dumps({"id": str(i), "pad": "x" * 200}), "celery") for i in range(rows)])
+    clock = Clock()
+    outbox = Outbox(store, max_inflight=inflight, clock=clock)
     outbox.reset(64 * 1024)
     outbox.batch_target = 5000
-    signer = Signer(KEY, BINDING)
     clock.now = 10.0
+    return store, outbox, clock
+
+
+def test_frames_cut_by_the_max_frame_size_still_fill_the_window(tmp_path):
+    # Each frame is "full" at the frame size: the window must fill with them instead of waiting
+    # out the linger after every frame.
+    store, outbox, clock = _framed_outbox(tmp_path, 5000, inflight=4)
+    signer, sent = Signer(KEY, BINDING), []
     outbox.pump(signer, sent.append)
     clock.now = 10.001  # a moment after the first frame: still inside the linger
     outbox.pump(signer, sent.append)
@@ -128,14 +134,8 @@ def test_frames_cut_by_the_max_frame_size_still_fill_the_window(tmp_path):
 
 
 def test_a_full_frame_waiting_goes_out_inside_the_linger(tmp_path):
-    store = BufferStore(tmp_path / "f.sqlite")
-    store.append_many([("event", json.dumps({"id": str(i), "pad": "x" * 200}), "celery") for i in range(3000)])
-    clock, sent = Clock(), []
-    outbox = Outbox(store, max_inflight=2, clock=clock)
-    outbox.reset(64 * 1024)
-    outbox.batch_target = 5000  # more than a frame holds: "full" means a full frame
-    signer = Signer(KEY, BINDING)
-    clock.now = 10.0
+    store, outbox, clock = _framed_outbox(tmp_path, 3000, inflight=2)
+    signer, sent = Signer(KEY, BINDING), []
     outbox.pump(signer, sent.append)
     for frame in _frames(sent):
         outbox.on_ack(frame["id"])
