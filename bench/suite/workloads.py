@@ -9,6 +9,9 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,32 +139,52 @@ def warm_up(target: Any, engine: str, send_one: Any, settled: Any, describe: Any
     target.rebase(engine)
 
 
-def celery_burst(agent: str, target: Any, n: int, ref_py: Path | None, timeout: float) -> dict[str, Any]:
-    home = _tmp(f"cb-{agent}")
-    queue = unique(f"burst-{agent}")
-    creds = target.mint(agent, "celery")
+@dataclass
+class CountingWorker:
+    """A prefork worker on its own queue running ``bench.count`` tasks, and their Redis counter."""
+
+    worker: CeleryWorker
+    app: Any
+    key: str
+    counter: Any
+
+    def publish(self, n: int) -> None:
+        publish_count_tasks(self.app, self.worker.queue, self.key, n)
+
+    def done(self) -> int:
+        return int(self.counter.get(self.key) or 0)
+
+    def wait(self, n: int, timeout: float, what: str) -> float:
+        return wait_counter(self.key, n, timeout, what, self.worker)
+
+
+@contextmanager
+def counting_worker(agent: str, creds: dict[str, str] | None, ref_py: Path | None, tag: str) -> Iterator[CountingWorker]:
+    import redis
+
+    home = _tmp(f"{tag}-{agent}")
+    queue = unique(f"{tag}-{agent}")
     # the reference only captures prefork tasks with -E (real-brain.md); ours never needs it
     worker = CeleryWorker(agent, agent_env(agent, creds, home), ref_py, queue=queue, events=agent == "ref",
                           log_dir=home)
-    app = celery_producer()
-    key = f"bench:{queue}"
     try:
-        import redis
-
-        counter = redis.Redis.from_url(CELERY_BROKER)
-        warm_up(target, "celery", lambda: publish_count_tasks(app, queue, key, 1),
-                lambda sent: int(counter.get(key) or 0) >= sent, worker.log)
-        counter.delete(key)
-        events_before = target.events("celery")
-        t0 = time.perf_counter()
-        publish_count_tasks(app, queue, key, n)
-        t_worker = wait_counter(key, n, timeout, f"celery burst ({agent})", worker) - t0
-        ok = target.wait_succeeded("celery", n, timeout)
-        seconds = time.perf_counter() - t0
-        events = target.events("celery")
+        yield CountingWorker(worker, celery_producer(), f"bench:{queue}", redis.Redis.from_url(CELERY_BROKER))
     finally:
         worker.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def celery_burst(agent: str, target: Any, n: int, ref_py: Path | None, timeout: float) -> dict[str, Any]:
+    with counting_worker(agent, target.mint(agent, "celery"), ref_py, "burst") as cw:
+        warm_up(target, "celery", lambda: cw.publish(1), lambda sent: cw.done() >= sent, cw.worker.log)
+        cw.counter.delete(cw.key)
+        events_before = target.events("celery")
+        t0 = time.perf_counter()
+        cw.publish(n)
+        t_worker = cw.wait(n, timeout, f"celery burst ({agent})") - t0
+        ok = target.wait_succeeded("celery", n, timeout)
+        seconds = time.perf_counter() - t0
+        events = target.events("celery")
     out = {"agent": agent, "brain": target.kind, "engine": "celery", "tasks": n, "ok": ok, "seconds": seconds,
            "worker_seconds": t_worker, "tasks_per_s": n / seconds}
     if events is not None:
@@ -301,32 +324,19 @@ def eager(agent: str, brain: BrainProc | None, calls: int, ref_py: Path | None) 
 
 def prefork(agent: str, brain: BrainProc, n: int, ref_py: Path | None) -> float:
     """Seconds from first publish until a prefork -c2 worker has run n no-op tasks."""
-    home = _tmp(f"pf-{agent}")
-    queue = unique(f"pf-{agent}")
     creds = brain.mint(f"{agent}-prefork") if agent != "none" else None
-    worker = CeleryWorker(agent, agent_env(agent, creds, home), ref_py, queue=queue, events=agent == "ref",
-                          log_dir=home)
-    app = celery_producer()
-    key = f"bench:{queue}"
-    try:
-        import redis
-
-        counter = redis.Redis.from_url(CELERY_BROKER)
-        publish_count_tasks(app, queue, key, 20)  # both pool children have run tasks
-        wait_counter(key, 20, 90, f"prefork warm-up ({agent})", worker)
+    with counting_worker(agent, creds, ref_py, "pf") as cw:
+        cw.publish(20)  # both pool children have run tasks
+        cw.wait(20, 90, f"prefork warm-up ({agent})")
         if agent != "none":  # the agent is connected and capturing before the clock starts
             target = LocalTarget(brain)
             target.rebase("celery")
-            warm_up(target, "celery", lambda: publish_count_tasks(app, queue, key, 1),
-                    lambda sent: int(counter.get(key) or 0) >= 20 + sent, worker.log)
+            warm_up(target, "celery", lambda: cw.publish(1), lambda sent: cw.done() >= 20 + sent, cw.worker.log)
         time.sleep(0.5)
-        counter.delete(key)
+        cw.counter.delete(cw.key)
         t0 = time.perf_counter()
-        publish_count_tasks(app, queue, key, n)
-        return wait_counter(key, n, 300, f"prefork ({agent})", worker) - t0
-    finally:
-        worker.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        cw.publish(n)
+        return cw.wait(n, 300, f"prefork ({agent})") - t0
 
 
 def rq_fork(agent: str, brain: BrainProc, n: int, ref_py: Path | None) -> float:
