@@ -1,1 +1,1 @@
-"""Job functions run by the RQ worker subprocesses in tests/test_rq_*.py and bench/bench_rq.py."""
+"""Job functions run by the RQ worker subprocesses in tests/test_rq_*.py."""
