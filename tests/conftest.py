@@ -11,7 +11,7 @@ from z4j_bare import safety
 def _isolate_agent(monkeypatch, tmp_path):
     """Each test gets its own Z4J_HOME, no Z4J_* leaking in from the environment, strict safety."""
     for name in list(os.environ):
-        if name.startswith("Z4J_"):
+        if name.startswith("Z4J_") and not name.startswith("Z4J_TEST_"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("Z4J_HOME", str(tmp_path / "z4j-home"))
     safety.set_strict_mode(True)

@@ -23,8 +23,8 @@ PY = sys.executable
 AGENT = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    import structlog
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    import logging
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
     from z4j_bare.buffer import BufferStore
     home, dep, tag, n, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
     s = BufferStore.open_for_deployment(Path(home), dep)
@@ -148,9 +148,9 @@ def test_orphans_are_adopted_exactly_once(tmp_path):
             _kill(p)
     # Two live agents start at once and both scan: every row lands exactly once.
     script = textwrap.dedent("""
-        import sys, json, structlog
+        import sys, json, logging
         from pathlib import Path
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
         from z4j_bare.buffer import BufferStore
         s = BufferStore.open_for_deployment(Path(sys.argv[1]), "dep")
         sys.stdout.write("opened\\n"); sys.stdout.flush(); sys.stdin.readline()
@@ -253,9 +253,11 @@ def test_service_user_without_writable_home_falls_back_to_private_tmp(world_tmp)
     script = textwrap.dedent("""
         import os, sys, json, tempfile
         from pathlib import Path
-        import structlog
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        import logging
+        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
         from z4j_bare.buffer import BufferStore, BufferStorageError
+        import structlog, z4j_bare.redaction  # the log route's lazy imports: this machine's stdlib is
+                                              # under /root, unreadable once privileges are dropped
         os.setgid(65534); os.setuid(65534)   # like www-data / nobody / DynamicUser
         tempfile.tempdir = sys.argv[2]
         s = BufferStore.open_for_deployment(Path(sys.argv[1]), "dep")

@@ -17,16 +17,18 @@ from z4j_bare.cli import main
 from z4j_bare.statechart import render_markdown, render_mermaid
 from z4j_bare.testing import LocalBrain
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+# Z4J_TEST_REDIS points the tests at another Redis (parallel runs on one machine).
+_REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_URL = _REDIS + "/11"
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging():
-    # main() configures structlog for the process, as an application entry point does.
+    # main() puts a stderr handler on the z4j_bare logger, as an application entry point does.
     yield
-    import structlog
+    from z4j_bare.logs import reset_console
 
-    structlog.reset_defaults()
+    reset_console()
 
 
 def _run(capsys, *argv):
@@ -135,7 +137,7 @@ def test_run_usage_errors(capsys):
 def test_run_rq_until_sigterm(tmp_path):
     with LocalBrain() as brain:
         creds = brain.mint_agent()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k.startswith("Z4J_TEST_")}
         env.update(creds.env(), Z4J_HOME=str(tmp_path / "home"), Z4J_AGENT_NAME="cli-run")
         proc = subprocess.Popen([sys.executable, "-m", "z4j_bare", "run", "--rq-url", REDIS_URL],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def _run_demo(tmp_path, *args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k.startswith("Z4J_TEST_")}
     env["TMPDIR"] = str(tmp_path)  # the demo's temp Z4J_HOME must land (and vanish) here
     proc = subprocess.run([sys.executable, "-m", "z4j_bare", "demo", "--no-color", *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=90, check=False)

@@ -8,16 +8,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import structlog
-
 from .config import OPTIONS, Config
 from .engines.base import EngineAdapter
 from .framework import BareFrameworkAdapter
+from .logs import get_logger
 from .protocol import deployment_id
 from .runtime import AgentRuntime
 from .safety import set_strict_mode
 
-log = structlog.get_logger("z4j_bare.agent")
+log = get_logger(__name__)
 
 _lock = threading.Lock()
 _current: AgentRuntime | None = None

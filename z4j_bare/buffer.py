@@ -48,14 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from . import buffer_files as bf
+from .logs import get_logger
 from .spool import SpoolReader, SpoolWriter, encode_records, spool_dir_for
 
 __all__ = ["FORMAT", "LOSS_KEYS", "BufferRow", "BufferStorageError", "BufferStore"]
 
-log = structlog.get_logger("z4j_bare.buffer")
+log = get_logger(__name__)
 
 FORMAT = "z4j-bare-buffer-1"
 TOMBSTONE = "~"

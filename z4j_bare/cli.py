@@ -121,35 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Stderr:
-    """Whatever ``sys.stderr`` is at write time (it may be swapped after configuration)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
 def configure_logging(level: str, *, json_lines: bool = False) -> None:
-    import logging
+    from .logs import log_to_stderr
 
-    import structlog
-
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
-    ]
-    processors.append(structlog.processors.JSONRenderer() if json_lines
-                      else structlog.dev.ConsoleRenderer(colors=False))
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
-        cache_logger_on_first_use=False,
-    )
+    log_to_stderr(level, json_lines=json_lines)
 
 
 def _print_json(data: Any) -> None:
@@ -281,12 +256,11 @@ def _engines_for(args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import structlog
-
     from .agent import install_agent
     from .config import ConfigError
+    from .logs import get_logger
 
-    log = structlog.get_logger("z4j_bare.cli")
+    log = get_logger("z4j_bare.cli")
     stop = threading.Event()
     received: list[int] = []
 
@@ -373,11 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    default_level = "info" if args.command in ("run", "demo", "brain") else "warning"
-    if args.command not in ("brain", "demo"):
-        configure_logging(args.log_level or default_level, json_lines=bool(getattr(args, "json", False)))
-    elif args.log_level:
-        os.environ.setdefault("Z4J_LOG_LEVEL", args.log_level)
+    default_level = "info" if args.command == "run" else "warning"
+    configure_logging(args.log_level or default_level, json_lines=bool(getattr(args, "json", False)))
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -18,10 +18,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from .engines.base import CommandFailed, CommandRequest, EngineAdapter
 from .events import EventKind
+from .logs import get_logger
 from .orchestrator import detect_orchestrator
 from .protocol import Frame, FrameType, purge_token
 
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
     from .buffer import BufferStore
     from .redaction import Redactor
 
-log = structlog.get_logger("z4j_bare.commands")
+log = get_logger(__name__)
 
 FIRE_ACTIONS = frozenset({"schedule.fire", "schedule.trigger_now", "schedule.trigger_now.via_scheduler"})
 FILTER_ENGINE_ACTIONS = frozenset({"bulk_retry", "requeue_dead_letter"})

@@ -44,13 +44,13 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import structlog
-
 from z4j_bare.protocol import decode_hmac_secret, require_key_length
+
+from .logs import get_logger
 
 __all__ = ["OPTIONS", "OPTIONS_BY_NAME", "Config", "ConfigError", "Option", "Secret", "Tags", "options_help_text"]
 
-_log = structlog.get_logger("z4j_bare.config")
+_log = get_logger(__name__)
 
 MASK = "***"
 _MIB = 1024 * 1024

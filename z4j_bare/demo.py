@@ -460,17 +460,12 @@ class Demo:
 
 
 def _quiet_logging() -> None:
-    # The brain and agents log at info; the demo's own lines are the story, so keep only warnings.
-    import logging
+    # The brain and agents log at info; the demo's own lines are the story, so keep only warnings
+    # (unless `z4j-bare --log-level ... demo` already chose a level).
+    from .logs import has_console, log_to_stderr
 
-    import structlog
-
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    if not has_console():
+        log_to_stderr("warning")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

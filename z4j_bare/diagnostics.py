@@ -44,12 +44,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import structlog
-
 from . import __version__
 from .buffer_files import check_private_dir, z4j_home
 from .config import OPTIONS_BY_NAME, Config, ConfigError
 from .engines.base import EngineAdapter
+from .logs import get_logger
 from .protocol import (
     PROTOCOL_VERSION_TEXT,
     CloseCode,
@@ -69,7 +68,7 @@ from .transport import Connection, TlsSettings, TransportError
 
 __all__ = ["PROBE_NAMES", "SCHEMA", "DoctorEngine", "DoctorReport", "ProbeResult", "buffer_status", "run_doctor"]
 
-log = structlog.get_logger("z4j_bare.diagnostics")
+log = get_logger(__name__)
 
 #: Bumped only on an incompatible change of ``DoctorReport.to_dict()``; additions keep it.
 SCHEMA = "z4j-bare.doctor/1"

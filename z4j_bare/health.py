@@ -8,12 +8,12 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import structlog
+from .logs import get_logger
 
 if TYPE_CHECKING:
     from .engines.base import EngineAdapter
 
-log = structlog.get_logger("z4j_bare.health")
+log = get_logger(__name__)
 MAX_KEYS = 256
 
 

@@ -15,14 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import structlog
-
+from .logs import get_logger
 from .protocol import DEFAULT_MAX_FRAME_BYTES, MAX_EVENTS_PER_BATCH, FrameType, Signer
 
 if TYPE_CHECKING:
     from .buffer import BufferStore
 
-log = structlog.get_logger("z4j_bare.outbox")
+log = get_logger(__name__)
 
 # Bytes an event_batch envelope adds around its events (ids, ts, nonce, seq, hmac, keys).
 ENVELOPE_OVERHEAD = 320

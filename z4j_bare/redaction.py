@@ -30,8 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import structlog
-
+from .logs import get_logger
 from .protocol import canonical_bytes
 
 try:  # Python 3.11+: the parser moved under re; sre_parse still works but warns
@@ -54,7 +53,7 @@ REDACTED = "[REDACTED]"
 TRUNCATION_MARKER_PREFIX = "\u2026[truncated "
 _CYCLE = "[REDACTED:cycle]"
 
-_log = structlog.get_logger("z4j_bare.redaction")
+_log = get_logger(__name__)
 
 
 class RedactionPatternError(ValueError):

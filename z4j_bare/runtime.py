@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from tenacity import RetryError, Retrying, retry_if_exception_type
 
 from .backoff import Backoff, SessionEnded
@@ -26,6 +25,7 @@ from .commands import CommandChannel, control_row
 from .engines.base import EngineAdapter, EventSink
 from .framework import BareFrameworkAdapter
 from .health import HealthCollector
+from .logs import get_logger
 from .outbox import Outbox
 from .protocol import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .redaction import Redactor
 
-log = structlog.get_logger("z4j_bare.runtime")
+log = get_logger(__name__)
 
 #: What the brain compares for version skew: the z4j core protocol level this agent implements.
 COMPAT_AGENT_VERSION = "1.13.0"

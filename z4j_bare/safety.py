@@ -14,9 +14,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-import structlog
+from .logs import get_logger
 
-log = structlog.get_logger("z4j_bare.safety")
+log = get_logger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")

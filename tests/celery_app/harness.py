@@ -9,9 +9,11 @@ import sys
 import uuid
 from pathlib import Path
 
-REDIS_BROKER = "redis://127.0.0.1:6379/9"
-AMQP_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
-BACKEND = "redis://127.0.0.1:6379/10"
+# Z4J_TEST_REDIS points the tests at another Redis (parallel runs on one machine).
+_REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_BROKER = _REDIS + "/9"
+AMQP_BROKER = os.environ.get("Z4J_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+BACKEND = _REDIS + "/10"
 TESTS_DIR = str(Path(__file__).resolve().parent.parent)
 
 
@@ -34,7 +36,7 @@ class Worker:
         if events:
             cmd.append("-E")
         cmd += extra or []
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_")}
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k.startswith("Z4J_TEST_")}
         full_env.update(env or {})
         full_env.update(Z4J_HOME=home, Z4J_TEST_BOOT=boot, Z4J_TEST_QUEUE=queue, Z4J_TEST_BROKER=broker,
                         Z4J_TEST_BACKEND=BACKEND, PYTHONPATH=TESTS_DIR, Z4J_HEARTBEAT_SECONDS="2")

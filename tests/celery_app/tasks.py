@@ -13,11 +13,12 @@ import os
 import time
 
 from celery import Celery
-
 from celery_boot import install_agent_at
 
-BROKER = os.environ.get("Z4J_TEST_BROKER", "redis://127.0.0.1:6379/9")
-BACKEND = os.environ.get("Z4J_TEST_BACKEND", "redis://127.0.0.1:6379/10")
+# Z4J_TEST_REDIS points the tests at another Redis (parallel runs on one machine).
+_REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379")
+BROKER = os.environ.get("Z4J_TEST_BROKER", _REDIS + "/9")
+BACKEND = os.environ.get("Z4J_TEST_BACKEND", _REDIS + "/10")
 QUEUE = os.environ.get("Z4J_TEST_QUEUE", "z4j-test")
 BOOT = os.environ.get("Z4J_TEST_BOOT", "none")
 

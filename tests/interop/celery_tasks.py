@@ -14,11 +14,12 @@ import os
 import time
 
 from celery import Celery
-
 from celery_boot import install_agent_at
 
-BROKER = os.environ.get("Z4J_IT_BROKER", "redis://127.0.0.1:6379/12")
-BACKEND = os.environ.get("Z4J_IT_BACKEND", "redis://127.0.0.1:6379/13")
+# Z4J_TEST_REDIS points the tests at another Redis (parallel runs on one machine).
+_REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379")
+BROKER = os.environ.get("Z4J_IT_BROKER", _REDIS + "/12")
+BACKEND = os.environ.get("Z4J_IT_BACKEND", _REDIS + "/13")
 QUEUE = os.environ.get("Z4J_IT_QUEUE", "z4j-interop")
 BOOT = os.environ.get("Z4J_IT_BOOT", "worker_init")
 

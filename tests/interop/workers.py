@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CELERY_BROKER = "redis://127.0.0.1:6379/12"
-CELERY_BACKEND = "redis://127.0.0.1:6379/13"
-RQ_REDIS_URL = "redis://127.0.0.1:6379/14"
+# Z4J_TEST_REDIS points the tests at another Redis (parallel runs on one machine).
+_REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379")
+CELERY_BROKER = _REDIS + "/12"
+CELERY_BACKEND = _REDIS + "/13"
+RQ_REDIS_URL = _REDIS + "/14"
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = TESTS_DIR.parent
 RQ_BIN = Path(sys.executable).with_name("rq")
@@ -44,7 +46,7 @@ def unique(prefix: str) -> str:
 
 
 def _env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k.startswith("Z4J_TEST_")}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_DIR)])
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

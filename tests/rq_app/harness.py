@@ -12,7 +12,9 @@ from pathlib import Path
 
 import redis
 
-REDIS_URL = os.environ.get("Z4J_TEST_RQ_REDIS_URL", "redis://127.0.0.1:6379/11")
+# Z4J_TEST_REDIS points the tests at another Redis (parallel runs on one machine).
+_REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_URL = os.environ.get("Z4J_TEST_RQ_REDIS_URL", _REDIS + "/11")
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = TESTS_DIR.parent
 RQ_BIN = Path(sys.executable).with_name("rq")
@@ -27,7 +29,7 @@ def unique_queue(prefix: str) -> str:
 
 
 def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k.startswith("Z4J_TEST_")}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_DIR)])
     env.update(extra or {})
     return env

@@ -25,15 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import structlog
-
 from ..events import event_text
+from ..logs import get_logger
 
 if TYPE_CHECKING:
     from ..buffer import BufferStore
     from ..redaction import Redactor
 
-log = structlog.get_logger("z4j_bare.engines")
+log = get_logger(__name__)
 
 # Capability tokens the brain knows (protocol.md section 10.1).
 ACTIONS = (

@@ -18,16 +18,15 @@ import time
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-import structlog
-
 from ..forkguard import fork_safe
+from ..logs import get_logger
 from ..safety import safe_call
 from .base import CommandFailed, CommandRequest, EngineAdapter, EventSink
 from .celery_broker import MAX_QUEUES, BrokerClient, BrokerError
 from .celery_capture import CeleryCapture
 from .celery_store import DEFAULT_MAX_ROWS, DEFAULT_TTL_SECONDS, RequestStore
 
-log = structlog.get_logger("z4j_bare.engines.celery")
+log = get_logger(__name__)
 
 CONTROL_TIMEOUT = 2.0
 MAX_BULK = 10_000

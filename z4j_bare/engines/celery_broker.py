@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Any
 
-import structlog
+from ..logs import get_logger
 
-log = structlog.get_logger("z4j_bare.engines.celery")
+log = get_logger(__name__)
 
 CONF_ALLOWLIST = (
     "task_serializer", "result_serializer", "accept_content", "result_accept_content", "task_default_queue",

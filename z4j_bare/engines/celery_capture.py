@@ -36,16 +36,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from ..events import EventKind
+from ..logs import get_logger
 from ..safety import safe_call
 
 if TYPE_CHECKING:
     from .base import EventSink
     from .celery_store import RequestStore
 
-log = structlog.get_logger("z4j_bare.engines.celery")
+log = get_logger(__name__)
 
 WRAPPED = ("on_accepted", "on_success", "on_failure", "on_retry")
 MAX_TRACEBACK = 4096

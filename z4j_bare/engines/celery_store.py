@@ -28,11 +28,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import structlog
-
+from ..logs import get_logger
 from ..safety import safe_call
 
-log = structlog.get_logger("z4j_bare.engines.celery")
+log = get_logger(__name__)
 
 DEFAULT_MAX_ROWS = 100_000
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600.0

@@ -15,14 +15,13 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import structlog
-
 from ..events import EventKind
-from .base import CommandFailed, CommandRequest, EngineAdapter, EventSink
+from ..logs import get_logger
 from . import rq_capture as capture
 from . import rq_jobinfo as info
+from .base import CommandFailed, CommandRequest, EngineAdapter, EventSink
 
-log = structlog.get_logger("z4j_bare.engines.rq")
+log = get_logger(__name__)
 
 MAX_DLQ_PAGE = 200
 MAX_HEALTH_QUEUES = 64

@@ -22,16 +22,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from ..events import EventKind
+from ..logs import get_logger
 from ..safety import safe_call
 from . import rq_jobinfo as info
 
 if TYPE_CHECKING:
     from .base import EventSink
 
-log = structlog.get_logger("z4j_bare.engines.rq")
+log = get_logger(__name__)
 
 _lock = threading.Lock()
 _patched: list[tuple[type, str, Any]] = []

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import structlog
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from ..logs import get_logger
 from ..protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION_TEXT,
@@ -58,7 +58,7 @@ from .records import (
 from .session import Session
 from .store import BrainStore
 
-log = structlog.get_logger("z4j_bare.testing.brain")
+log = get_logger(__name__)
 
 BRAIN_VERSION = "1.13.0"
 MIN_FRAME_SIZE = 1024

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import signal
 import sys
@@ -12,8 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-import structlog
-
+from ..logs import has_console, log_to_stderr
 from .brain import LocalBrain
 
 FEED_EVENTS_PER_FRAME = 20
@@ -79,12 +77,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, stop: 
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     stop = stop or threading.Event()
-    if not structlog.is_configured():
+    if not has_console():
         # An entry point, not a library: keep stdout for the exports and the feed.
-        structlog.configure(
-            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        )
+        log_to_stderr("warning")
     try:
         brain = LocalBrain(db_path=args.db, host=args.host, port=args.port,
                            heartbeat_interval=args.heartbeat_interval, max_frame_size=args.max_frame_size)
