@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from .canonical import canonical_text
+
 PROTOCOL_VERSION = 1
 RUNTIME_FEATURE = "external_schedule_protocol_v1"
 CAP_STABLE_SNAPSHOT = "external_schedule_stable_snapshot_v1"
@@ -337,5 +339,5 @@ def control_event(body: Mapping[str, Any], *, event_id: str, occurred_at: str) -
 
 
 def event_text(event: Mapping[str, Any]) -> str:
-    """The event as it travels inside an event_batch (compact JSON, UTF-8 kept)."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """The event as it travels inside an event_batch: canonical text, spliced into the signed frame."""
+    return canonical_text(event)
