@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from z4j_bare.testing import LocalBrain, brain_event_id
-from z4j_bare.testing.brain import INGEST_QUEUE_EVENTS
 from z4j_bare.testing.ingest import event_id_bytes, occurred_at_seconds, prepare_batch, task_key
+from z4j_bare.testing.lanes import INGEST_QUEUE_EVENTS
 from z4j_bare.testing.peer import RawPeer, make_event
 from z4j_bare.testing.store import BrainStore
 

@@ -1,14 +1,30 @@
-"""Fault knobs: make the local brain misbehave in the ways a real network and brain can."""
+"""Fault knobs: make the local brain misbehave in the ways a real network and brain can.
+
+The knobs act through the brain's public pieces: the storage (``slow_ingest_per_event``), the
+session hub (closing sessions, finding where to send a bad frame), the server (running that on
+the brain's loop), and the ``take_reject`` / ``take_drop`` calls the WebSocket endpoint makes.
+"""
 
 from __future__ import annotations
 
+import secrets
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import CloseCode
+from websockets.exceptions import ConnectionClosed
+
+from ..logs import get_logger
+from ..protocol import DEFAULT_MAX_FRAME_BYTES, CloseCode, FrameType, utc_now_text
+from . import wire
 
 if TYPE_CHECKING:
-    from .brain import LocalBrain
+    from .server import BrainServer
+    from .session import Session
+    from .sessions import SessionHub
+    from .store import BrainStore
+
+log = get_logger(__name__)
 
 AGENT_FAULT_KINDS = frozenset(
     {"tampered", "replayed", "stale", "v3", "oversized", "error_fatal", "error", "unsigned_command"}
@@ -28,8 +44,10 @@ class BrainFaults:
     * ``slow_ingest_per_event``: storage sleeps this many seconds per stored event.
     """
 
-    def __init__(self, brain: LocalBrain) -> None:
-        self._brain = brain
+    def __init__(self, store: BrainStore, hub: SessionHub, server: BrainServer) -> None:
+        self._store = store
+        self._hub = hub
+        self._server = server
         self._lock = threading.Lock()
         self.withhold_acks = False
         self.ack_delay = 0.0
@@ -45,13 +63,13 @@ class BrainFaults:
 
     @property
     def slow_ingest_per_event(self) -> float:
-        return self._brain._store.slow_ingest_per_event
+        return self._store.slow_ingest_per_event
 
     @slow_ingest_per_event.setter
     def slow_ingest_per_event(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError("faults.slow_ingest_per_event must be >= 0 seconds")
-        self._brain._store.slow_ingest_per_event = float(seconds)
+        self._store.slow_ingest_per_event = float(seconds)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -86,11 +104,12 @@ class BrainFaults:
         with self._lock:
             self._reject.extend([int(code)] * n)
 
-    def _take_reject(self) -> int | None:
+    def take_reject(self) -> int | None:
+        """The close code for this new connection if ``reject_next`` is armed (consumes one)."""
         with self._lock:
             return self._reject.pop(0) if self._reject else None
 
-    def _take_drop(self) -> bool:
+    def take_drop(self) -> bool:
         """Count one inbound frame against ``drop_after_frames``; True when it trips."""
         with self._lock:
             if self.drop_after_frames is None:
@@ -103,7 +122,10 @@ class BrainFaults:
 
     def close_with(self, code: int, reason: str = "", *, agent_id: str | None = None) -> int:
         """Close the open sessions (of one agent, or all) now with ``code``; returns how many."""
-        return self._brain._close_sessions(int(code), reason or f"closed by fault knob ({code})", agent_id)
+        reason = reason or f"closed by fault knob ({code})"
+        return self._server.call(self._hub.close_matching(int(code), reason, agent_id)) or 0
+
+    # -- bad frames to the agent ---------------------------------------------------------------
 
     def send_to_agent(self, kind: str, *, agent_id: str | None = None, **options: Any) -> int:
         """Send one bad frame to each open session (of one agent, or all); returns how many.
@@ -116,4 +138,47 @@ class BrainFaults:
         """
         if kind not in AGENT_FAULT_KINDS:
             raise ValueError(f"faults.send_to_agent: unknown kind {kind!r}; use one of {sorted(AGENT_FAULT_KINDS)}")
-        return self._brain._send_fault_frames(kind, agent_id, options)
+        return self._server.call(self._send_all(kind, agent_id, options)) or 0
+
+    async def _send_all(self, kind: str, agent_id: str | None, options: dict[str, Any]) -> int:
+        count = 0
+        for sess in self._hub.sessions(agent_id):
+            try:
+                await _send_fault(sess, kind, options)
+                count += 1
+            except ConnectionClosed:
+                pass
+        return count
+
+
+async def _send_fault(sess: Session, kind: str, options: dict[str, Any]) -> None:
+    ack_type = FrameType.EVENT_BATCH_ACK.value
+    fid = "eba_ev_fault_" + secrets.token_hex(8)
+    if kind == "tampered":
+        await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), tamper=True)
+    elif kind == "replayed":
+        if sess.last_sent is None:
+            await sess.send_signed(ack_type, fid, wire.harmless_ack_payload())
+        await sess.send_raw(sess.last_sent, "replayed", fid)
+    elif kind == "stale":
+        ts = wire.past_ts(float(options.get("skew", 120.0)))
+        await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), ts=ts)
+    elif kind == "v3":
+        await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), v=3)
+    elif kind == "oversized":
+        size = int(options.get("size", DEFAULT_MAX_FRAME_BYTES + 1024))
+        payload = {**wire.harmless_ack_payload(), "padding": "x" * size}
+        await sess.send_signed(ack_type, fid, payload)
+    elif kind in ("error_fatal", "error"):
+        fid = "err_fault_" + secrets.token_hex(8)
+        payload = {
+            "code": options.get("code", "scheduler_upgrade_required"),
+            "message": options.get("message", "error frame sent by the local brain's fault knob"),
+            "fatal": kind == "error_fatal",
+        }
+        await sess.send_signed(FrameType.ERROR.value, fid, payload)
+    else:  # unsigned_command
+        fid = str(uuid.uuid4())
+        data = wire.unsigned(FrameType.COMMAND.value, fid, wire.fake_command_payload(), ts=utc_now_text())
+        await sess.send_raw(data, FrameType.COMMAND.value, fid)
+    log.info("brain.fault_frame_sent", kind=kind, agent_id=sess.agent.agent_id, session_id=sess.session_id)

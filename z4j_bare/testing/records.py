@@ -106,6 +106,7 @@ class MutableCommand:
     result_payload: dict[str, Any] | None = None
     withheld_reason: str | None = None
     dispatched_session: str | None = None
+    pinned_session: str | None = None  # delivered only to this session, never re-driven elsewhere
 
     def snapshot(self) -> CommandRecord:
         return CommandRecord(
