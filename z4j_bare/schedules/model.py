@@ -140,7 +140,12 @@ class SchedulerAdapter:
     """
 
     name: ClassVar[str] = ""
-    project: Projector
+
+    def project(self, schedule: Any) -> dict[str, Any]:
+        """Replaced by the agent's projector (which also redacts); normalization alone until then."""
+        from ..protocol.schedules import normalize_external_schedule
+
+        return normalize_external_schedule(schedule_raw(schedule), self.name)
 
     def capabilities(self) -> set[str]:
         return {"list"}
@@ -180,3 +185,25 @@ class SchedulerAdapter:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} scheduler={self.name!r}>"
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float, operation: str) -> CommandResult | Any:
+    """Run ``fn`` on a helper thread; past ``timeout`` the outcome is unknown (indeterminate)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"z4j-schedule-{operation}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return CommandResult.indeterminate(operation, f"{operation} did not finish within {timeout:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

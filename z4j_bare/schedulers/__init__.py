@@ -1,0 +1,1 @@
+"""Scheduler adapters: celery-beat and rq-scheduler (see docs/schedulers.md)."""
