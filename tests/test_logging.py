@@ -73,6 +73,11 @@ def test_host_script_owns_stdout_and_its_logging_config(tmp_path):
     failed = [r for r in records if "runtime.session_failed" in r]
     assert len(failed) == 1 and failed[0].startswith("WARNING z4j_bare.runtime "), records
     assert "retry_in_s=" in failed[0]
+    # A person reads what is wrong and when the agent retries, then the fields.
+    assert failed[0].startswith("WARNING z4j_bare.runtime runtime.session_failed: cannot reach the brain at "
+                                "ws://127.0.0.1:"), failed
+    assert " s (events wait in the local buffer; " in failed[0] and "; retrying in " in failed[0]
+    assert " | backoff_class='connection' reason='connect failed: " in failed[0]
     assert all(r.split(" ", 1)[0] in {"WARNING", "ERROR", "CRITICAL"} for r in records if r[:1].isupper()), records
     assert "runtime.transition" not in "\n".join(records)  # an info record
     assert TOKEN not in log_file.read_text()
@@ -100,6 +105,24 @@ def test_celery_worker_at_warning_gets_no_agent_debug_or_info(tmp_path):
     for marker in ("runtime.transition", "[debug]", "[info]", "agent.", "outbox."):
         assert marker not in text, (marker, text)
     assert TOKEN not in text and TOKEN not in worker.log()
+
+
+def test_rq_worker_class_shows_the_agents_warning_in_the_workers_output(tmp_path):
+    # RQ gives only its `rq.worker` logger a handler; the agent's own worker class shows the
+    # agent's warnings there, at the agent's level (WARNING: nothing below).
+    from rq_app.harness import start_worker, stop_worker, unique_queue as rq_queue
+
+    env = agent_env(tmp_path / "home")
+    proc = start_worker("z4j_rq.Worker", [rq_queue("logging")], env)
+    try:
+        time.sleep(6)  # the first failure, then several quiet retries
+    finally:
+        out = stop_worker(proc)
+    failed = [line for line in out.splitlines() if "runtime.session_failed" in line]
+    assert len(failed) == 1, out
+    assert "runtime.session_failed: cannot reach the brain at ws://127.0.0.1:" in failed[0], out
+    assert "runtime.transition" not in out and "agent.already_installed" not in out, out
+    assert TOKEN not in out
 
 
 def _read(path: Path) -> str:
@@ -189,3 +212,56 @@ def test_entry_point_console_json(capsys):
     assert out == ""
     line = json.loads(err.strip())
     assert line["event"] == "cli.hello" and line["engines"] == ["rq"] and line["level"] == "info"
+
+
+def test_a_summary_leads_the_text_and_stays_a_field(records):
+    get_logger("z4j_bare.test").warning("test.failed", summary="cannot reach the brain; retrying in 2 s", n=1)
+    (record,) = records
+    assert record.getMessage() == "test.failed: cannot reach the brain; retrying in 2 s | n=1"
+    assert record.z4j_fields == {"summary": "cannot reach the brain; retrying in 2 s", "n": 1}
+
+
+def test_python_json_logger_gets_the_event_and_its_fields(records):
+    # docs/logging.md: a stdlib host with python-json-logger's formatter.
+    import io
+
+    from pythonjsonlogger.json import JsonFormatter
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter("%(levelname)s %(name)s %(message)s"))
+    logging.getLogger("z4j_bare").addHandler(handler)
+    try:
+        get_logger("z4j_bare.runtime").warning("runtime.session_failed", summary="cannot reach the brain",
+                                               retry_in_s=1.5, token=TOKEN)
+    finally:
+        logging.getLogger("z4j_bare").removeHandler(handler)
+    line = json.loads(out.getvalue())
+    assert line["levelname"] == "WARNING" and line["name"] == "z4j_bare.runtime"
+    assert line["z4j_event"] == "runtime.session_failed" and line["z4j_fields"]["retry_in_s"] == 1.5
+    assert line["message"].startswith("runtime.session_failed: cannot reach the brain | ")
+    assert TOKEN not in out.getvalue()
+
+
+def test_host_structlog_with_processor_formatter_renders_agent_json(records):
+    # docs/logging.md: the structlog documentation's stdlib recipe, rendering JSON lines.
+    import io
+
+    out = io.StringIO()
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, structlog.stdlib.add_logger_name, structlog.stdlib.add_log_level,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(), wrapper_class=structlog.stdlib.BoundLogger)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processor=structlog.processors.JSONRenderer()))
+    logging.getLogger("z4j_bare").addHandler(handler)
+    try:
+        get_logger("z4j_bare.runtime").warning("runtime.session_failed", retry_in_s=1.5, password="s3cr3t-value")
+        get_logger("z4j_bare.runtime").info("runtime.transition", source="init")
+    finally:
+        logging.getLogger("z4j_bare").removeHandler(handler)
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == {"event": "runtime.session_failed", "retry_in_s": 1.5, "password": lines[0]["password"],
+                        "logger": "z4j_bare.runtime", "level": "warning"}
+    assert "s3cr3t-value" not in out.getvalue()

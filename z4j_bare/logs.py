@@ -120,10 +120,16 @@ def _scrub_processor(logger: Any, method: str, event_dict: dict[str, Any]) -> di
 
 
 def _to_record(logger: Any, method: str, event_dict: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The last processor: one line of text for plain formatters, the fields for JSON ones."""
+    """The last processor: one line of text for plain formatters, the fields for JSON ones.
+
+    A ``summary`` field (a sentence for a person: what is wrong, what the agent does next) follows
+    the event name: ``runtime.session_failed: cannot reach the brain ...; retrying in 1.2 s ... | key=value``.
+    """
     event = str(event_dict.pop("event", ""))
     exception = event_dict.pop("exception", None)
-    text = " ".join([event, *(f"{key}={value!r}" for key, value in event_dict.items())])
+    summary = event_dict.get("summary")
+    pairs = " ".join(f"{key}={value!r}" for key, value in event_dict.items() if key != "summary")
+    text = f"{event}: {summary} | {pairs}" if summary else f"{event} {pairs}".rstrip()
     if exception:
         text = f"{text}\n{exception}"
     return (text,), {"extra": {"z4j_event": event, "z4j_fields": event_dict}}
@@ -176,6 +182,34 @@ def log_to_stderr(level: str = "warning", *, json_lines: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
     root.propagate = False
+
+
+class _ForwardHandler(logging.Handler):
+    """Hands the agent's records to another logger's handlers (see ``show_through``)."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
+
+
+def show_through(target: logging.Logger) -> None:
+    """Let the agent's records appear where ``target``'s do, if the host set up nothing for them.
+
+    For the agent's own worker classes (``rq worker --worker-class z4j_rq.Worker``): RQ gives
+    only its ``rq.worker`` logger a handler, so without this the agent's warnings ("cannot reach
+    the brain") would be invisible in the worker's output. The agent's level still applies
+    (``z4j_bare``'s effective level: WARNING unless the host set another). Does nothing when any
+    handler other than our ``NullHandler`` would already receive ``z4j_bare`` records.
+    """
+    logger: logging.Logger | None = logging.getLogger(ROOT)
+    while logger is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+            return
+        logger = logger.parent if logger.propagate else None
+    logging.getLogger(ROOT).addHandler(_ForwardHandler(target))
 
 
 def has_console() -> bool:

@@ -72,6 +72,25 @@ def _session_end(exc: BaseException, phase: str) -> SessionEnded:
     return SessionEnded(BackoffClass.PROTOCOL, f"{phase} failed: unexpected {type(exc).__name__}")
 
 
+_FAILURE_WHAT = {
+    BackoffClass.CONNECTION: "lost the session with the brain at {url}",
+    BackoffClass.AUTH: "the brain at {url} refused this agent's credentials (check Z4J_TOKEN and "
+                       "Z4J_HMAC_SECRET; `z4j-bare doctor` says which)",
+    BackoffClass.INCOMPATIBLE: "the brain at {url} does not accept this agent's protocol version",
+    BackoffClass.PROTOCOL: "the session with the brain at {url} broke",
+}
+
+
+def _failure_summary(cls: BackoffClass, reason: str, url: str, retry_in: float) -> str:
+    """The sentence a person reads in the host's log: what is wrong and when the agent retries."""
+    if cls is BackoffClass.CONNECTION and reason.startswith("connect failed"):
+        what = f"cannot reach the brain at {url}"
+    else:
+        what = _FAILURE_WHAT.get(cls, "the session with the brain at {url} ended").format(url=url)
+    return (f"{what}; retrying in {retry_in:g} s (events wait in the local buffer; repeats are logged "
+            "below WARNING until a session opens)")
+
+
 def _wall(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -258,7 +277,8 @@ class AgentRuntime:
         self._entered_at = now
         with self._trace_lock:
             self._trace.append(record)
-        log.info("runtime.transition", **record)
+        # A reconnect storm repeats CONNECTING -> CONNECTING: below INFO, like its repeated failures.
+        (log.debug if record["source"] == record["dest"] else log.info)("runtime.transition", **record)
 
     # -- the I/O thread ------------------------------------------------------------------------
     def _main(self) -> None:
@@ -303,8 +323,9 @@ class AgentRuntime:
         cls = getattr(exc, "backoff", BackoffClass.CONNECTION)
         streak = self._backoff.streaks.get(cls, 0)
         level = "warning" if streak <= 1 else ("info" if streak % 10 == 0 else "debug")
-        getattr(log, level)("runtime.session_failed", backoff_class=str(cls), reason=str(exc),
-                            retry_in_s=round(self._backoff.last_delay, 2), streak=streak)
+        delay = round(self._backoff.last_delay, 2)
+        getattr(log, level)("runtime.session_failed", summary=_failure_summary(cls, str(exc), self.config.ws_url, delay),
+                            backoff_class=str(cls), reason=str(exc), retry_in_s=delay, streak=streak)
 
     def _session_attempt(self) -> None:
         """One connect + handshake + session. Every way it can end becomes a state edge; a failure

@@ -35,9 +35,11 @@ class _AgentWorkerMixin:
 
     def _z4j_install(self) -> None:
         from ..agent import current_runtime, install_agent
+        from ..logs import show_through
         from .rq import RqEngineAdapter
 
         worker: Any = self
+        show_through(worker.log)  # the agent's warnings appear in the worker's output
         try:
             runtime = current_runtime()
             if runtime is not None and runtime.state.value != "stopped":
