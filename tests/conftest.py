@@ -23,3 +23,9 @@ def _isolate_agent(monkeypatch, tmp_path):
     if runtime is not None:
         runtime.stop(timeout=2)
     agent._reset_for_tests()
+    # structlog.testing.capture_logs() leaves structlog "configured" (with its default printing
+    # pipeline): the agent would then hand later tests' records to that pipeline, as it does for
+    # a host that configured structlog.
+    import structlog
+
+    structlog.reset_defaults()
