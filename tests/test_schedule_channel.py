@@ -225,3 +225,25 @@ def _scope():
 
 def test_digest_helper_is_stable():
     assert external_digest({"a": 1}) == external_digest({"a": 1})
+
+
+def test_a_polled_scheduler_sends_a_snapshot_only_when_its_rows_change(tmp_path):
+    import time
+
+    adapter = MemoryAdapter()
+    adapter.poll_seconds = 0.05
+    adapter.add("a", name="first")
+    lk = make_link(tmp_path, [adapter])
+    try:
+        lk.open_session()
+        time.sleep(0.4)
+        lk.pump()
+        assert lk.stream("bars-memory").accepted == 1  # polled, unchanged: nothing sent
+        adapter.add("b", name="second")
+        deadline = time.monotonic() + 10
+        while lk.stream("bars-memory").accepted < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            lk.pump()
+        assert lk.stream("bars-memory").accepted == 2 and len(lk.rows()) == 2
+    finally:
+        lk.channel.stop()

@@ -30,8 +30,10 @@ def install_agent(
     **options: Any,
 ) -> AgentRuntime | None:
     global _current
-    if schedulers:
-        raise ValueError("scheduler adapters are not supported by this agent; remove schedulers=")
+    schedulers = _check_schedulers(schedulers)
+    if not engines and not schedulers:
+        raise ValueError("install_agent needs at least one adapter: engines=[CeleryEngineAdapter(...)] and/or "
+                         "schedulers=[CeleryBeatSchedulerAdapter(...)]")
     if _disabled(options.get("disabled")):
         log.warning("agent.disabled", reason="disabled=True or Z4J_DISABLED is set; no agent installed")
         return None
@@ -46,7 +48,7 @@ def install_agent(
                 return existing
             log.info("agent.already_installed", engines=sorted(existing.engines))
             return existing
-        runtime = build_runtime(config, engines, framework)
+        runtime = build_runtime(config, engines, framework, schedulers=schedulers)
         _current = runtime
     if config.autostart:
         try:
@@ -66,7 +68,23 @@ def _disabled(explicit: Any) -> bool:
     return os.environ.get("Z4J_DISABLED", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def build_runtime(config: Config, engines: Sequence[EngineAdapter], framework: BareFrameworkAdapter | None = None) -> AgentRuntime:
+def _check_schedulers(schedulers: Sequence[Any] | None) -> list[Any]:
+    if schedulers is None:
+        return []
+    if isinstance(schedulers, (str, bytes)) or not isinstance(schedulers, Sequence):
+        raise ValueError("schedulers= must be a list of scheduler adapters, e.g. "
+                         "[CeleryBeatSchedulerAdapter(celery_app=app)]")
+    for adapter in schedulers:
+        missing = [m for m in ("capabilities", "list_schedules", "get_schedule") if not callable(getattr(adapter, m, None))]
+        if missing or not isinstance(getattr(adapter, "name", None), str):
+            raise ValueError(f"schedulers=: {adapter!r} is not a scheduler adapter (it lacks "
+                             f"{', '.join(missing) or 'a name'}); use z4j_celerybeat.CeleryBeatSchedulerAdapter or "
+                             "z4j_rqscheduler.RqSchedulerAdapter")
+    return list(schedulers)
+
+
+def build_runtime(config: Config, engines: Sequence[EngineAdapter], framework: BareFrameworkAdapter | None = None,
+                  *, schedulers: Sequence[Any] | None = None) -> AgentRuntime:
     """Everything install_agent does except the singleton and start (for tests and doctor)."""
     from .buffer import BufferStore
     from .redaction import Redactor
@@ -84,7 +102,8 @@ def build_runtime(config: Config, engines: Sequence[EngineAdapter], framework: B
         max_rows=config.buffer_max_events, max_bytes=config.buffer_max_bytes, spool=config.buffer_spool,
     )
     try:
-        return AgentRuntime(config=config, engines=list(engines), buffer=buffer, redactor=redactor, framework=framework)
+        return AgentRuntime(config=config, engines=list(engines), buffer=buffer, redactor=redactor, framework=framework,
+                            schedulers=schedulers)
     except BaseException:
         buffer.close()
         raise
@@ -116,7 +135,9 @@ def _docstring() -> str:
         "buffer; only the parent holds the connection. Returns None when Z4J_DISABLED is set.",
         "",
         "Arguments that have no environment variable:",
-        "    engines: the engine adapters (CeleryEngineAdapter, RqEngineAdapter, ...); at least one.",
+        "    engines: the engine adapters (CeleryEngineAdapter, RqEngineAdapter, ...).",
+        "    schedulers: scheduler adapters (CeleryBeatSchedulerAdapter, RqSchedulerAdapter); see",
+        "        docs/schedulers.md. At least one adapter across engines and schedulers.",
         "    framework: a BareFrameworkAdapter (default) or subclass naming the host framework.",
         "",
         "Options (keyword / environment variable / default):",

@@ -70,11 +70,17 @@ class CommandChannel:
         self._inflight: set[str] = set()
         self._queued = 0
         self._started_at = time.monotonic()
+        self._executors: list[Any] = []
         self.executed = 0
         self.duplicates = 0
 
     def __repr__(self) -> str:
         return f"CommandChannel(engines={sorted(self._engines)}, inflight={len(self._inflight)})"
+
+    def add_executor(self, executor: Any) -> None:
+        """Route the actions ``executor.handles(action)`` claims to ``executor.execute(action,
+        parameters, target)`` (the schedule channel); acks, dedupe, deadline and results stay here."""
+        self._executors.append(executor)
 
     # -- intake (I/O thread) -----------------------------------------------------------------
     def submit(self, frame: Frame) -> None:
@@ -149,6 +155,9 @@ class CommandChannel:
     def _dispatch(self, command_id: str, action: str, params: Mapping[str, Any], target: Mapping[str, Any]) -> Any:
         if not action:
             raise CommandFailed("command has no action")
+        for executor in self._executors:
+            if executor.handles(action):
+                return executor.execute(action, params, target)
         if action.startswith("schedule.") and action != "schedule.fire":
             raise CommandFailed(f"unrecognized schedule action {action!r}: this agent hosts no scheduler")
         engine = self._select_engine(action, params, target)

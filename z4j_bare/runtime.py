@@ -110,12 +110,14 @@ class AgentRuntime:
         buffer: BufferStore,
         redactor: Redactor,
         framework: BareFrameworkAdapter | None = None,
+        schedulers: Sequence[Any] | None = None,
     ) -> None:
         from transitions import Machine
 
         names = [e.name for e in engines]
-        if not engines or len(set(names)) != len(names) or not all(names):
-            raise ValueError(f"install_agent needs at least one engine adapter, each with a distinct name (got {names})")
+        if (not engines and not schedulers) or len(set(names)) != len(names) or not all(names):
+            raise ValueError("install_agent needs at least one engine or scheduler adapter, engines each with a "
+                             f"distinct name (got engines {names}, schedulers {len(schedulers or [])})")
         self.config = config
         self.engines: dict[str, EngineAdapter] = {e.name: e for e in engines}
         self.buffer = buffer
@@ -157,6 +159,9 @@ class AgentRuntime:
             timeout=config.command_timeout_seconds, dedupe_ttl=config.command_dedupe_ttl_seconds,
             purge_threshold=config.purge_threshold, orchestrated=config.orchestrated, redactor=redactor,
         )
+        self.schedules = _schedule_channel(schedulers, buffer, redactor)
+        if self.schedules is not None:
+            self.commands.add_executor(self.schedules)
         self._health = HealthCollector(self.engines, interval=config.heartbeat_seconds)
         self._session: dict[str, Any] = {}
         self._last_connect_wall: float | None = None
@@ -186,6 +191,8 @@ class AgentRuntime:
             for name, adapter in self.engines.items():
                 adapter.attach(self.sinks[name])
             safe_call(self.buffer.adopt_orphans, site="runtime.adopt_orphans")
+            if self.schedules is not None:
+                self.schedules.start()
             self._health.start()
             self._thread = threading.Thread(target=self._main, name="z4j-agent-io", daemon=True)
             self._thread.start()
@@ -220,6 +227,8 @@ class AgentRuntime:
                 safe_call(adapter.detach, site="runtime.detach")
             self._health.stop()
             self.commands.shutdown(wait=False)
+            if self.schedules is not None:
+                safe_call(self.schedules.stop, site="runtime.stop_schedules")
             safe_call(self.buffer.checkpoint, site="runtime.checkpoint")
         drained = self.buffer.depth() == 0
         if first:
@@ -261,6 +270,7 @@ class AgentRuntime:
             "last_failure": self._last_failure,
             "loss": self.buffer.telemetry_loss(),
             "events_lost_in_hooks": sum(s.lost for s in self.sinks.values()),
+            "schedulers": self.schedules.health() if self.schedules is not None else {},
             "trace": self.trace[-10:],
         }
 
@@ -373,16 +383,21 @@ class AgentRuntime:
         conn.close(code)
         self._conn = None
         self._session = {}
+        if self.schedules is not None:
+            self.schedules.session_closed()
 
     def _hello_payload(self) -> dict[str, Any]:
         caps = {name: adapter.advertised_capabilities() for name, adapter in self.engines.items()}
         features = ["retry_by_reference"] if any(a.safe_retry_by_reference for a in self.engines.values()) else []
+        schedules = self.schedules.hello_fields() if self.schedules is not None else {}
+        caps.update(schedules.get("capabilities", {}))
+        features += schedules.get("runtime_features", [])
         return {
             "protocol_version": PROTOCOL_VERSION_TEXT,
             "agent_version": COMPAT_AGENT_VERSION,
             "framework": self.framework.name,
             "engines": list(self.engines),
-            "schedulers": [],
+            "schedulers": list(schedules.get("schedulers", [])),
             "capabilities": caps,
             "host": {"name": self.config.agent_name} if self.config.agent_name else {},
             "worker_id": self.worker_id,
@@ -423,6 +438,8 @@ class AgentRuntime:
         self._session = {"session_id": binding.session_id, "agent_id": binding.agent_id, "project_id": binding.project_id,
                          "since": time.monotonic(), "max_frame": max_frame, "brain_version": p.get("brain_version")}
         self.outbox.reset(max_frame)
+        if self.schedules is not None:
+            self.schedules.session_opened(max_frame)
         log.info("runtime.session_open", session_id=binding.session_id, brain_version=p.get("brain_version"),
                  heartbeat_s=self._heartbeat_interval, max_frame=max_frame)
         return Signer(self._key, binding), Verifier(self._key, binding)
@@ -447,6 +464,8 @@ class AgentRuntime:
             if now >= next_adopt:
                 safe_call(self.buffer.adopt_orphans, site="runtime.adopt_orphans")
                 next_adopt = now + ADOPT_EVERY_SECONDS
+            if self.schedules is not None:
+                self.schedules.pump(signer.sign_event_batch, send)  # after the command acks/results above
             moved = self.outbox.pump(signer, send)
             self.outbox.resend_due(signer, send)
             self._receive(conn, verifier, 0.0 if moved else IDLE_POLL_SECONDS)
@@ -486,8 +505,8 @@ class AgentRuntime:
         match frame.type:
             case FrameType.EVENT_BATCH_ACK:
                 acked = frame.payload.get("acked_id")
-                if isinstance(acked, str) and acked:
-                    self.outbox.on_ack(acked)
+                if isinstance(acked, str) and acked and not self.outbox.on_ack(acked) and self.schedules is not None:
+                    self.schedules.on_ack(acked)
             case FrameType.COMMAND:
                 self.commands.submit(frame)
             case FrameType.ERROR:
@@ -536,6 +555,16 @@ class AgentRuntime:
             "agent_version": COMPAT_AGENT_VERSION,
             "protocol_version": PROTOCOL_VERSION_TEXT,
             "engines": list(self.engines),
-            "schedulers": [],
+            "schedulers": self.schedules.names if self.schedules is not None else [],
         }))
 
+
+def _schedule_channel(schedulers: Sequence[Any] | None, buffer: BufferStore, redactor: Redactor) -> Any:
+    """The schedule channel for ``schedulers=`` (None without any): its store sits beside the buffer."""
+    if not schedulers:
+        return None
+    from .schedules.channel import ScheduleChannel, check_adapters
+    from .schedules.store import ScheduleStore
+
+    check_adapters(schedulers)
+    return ScheduleChannel(schedulers, ScheduleStore.beside(buffer.path), redactor)

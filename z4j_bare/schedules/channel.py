@@ -57,6 +57,7 @@ class _AdapterState:
     lock: threading.RLock
     authority: Authority | None = None
     last_observed: float = 0.0
+    last_polled: float = 0.0
     rows_digest: str | None = None
     observations: int = 0
     failures: int = 0
@@ -185,9 +186,13 @@ class ScheduleChannel:
         with self._lock:
             if session != self._session:
                 return False
-            self._states[owner].authority = auth
+            state = self._states[owner]
+            state.authority = auth
+            state.last_observed = state.last_polled = time.monotonic()  # activation observes right now
             self.outbox.drop_owner(owner)
-            return True
+        with self._wake:
+            self._wake.notify_all()  # the observer thread recomputes its next poll/periodic time
+        return True
 
     def unbind(self, owner: str, auth: Authority) -> None:
         with self._lock:
@@ -289,12 +294,22 @@ class ScheduleChannel:
                 self._observe_quietly(owner, reason, only_if_changed=True)
             now = time.monotonic()
             for owner, state in self._states.items():
-                if state.authority is not None and now - state.last_observed >= self._periodic:
+                if state.authority is None:
+                    continue
+                if now - state.last_observed >= self._periodic:
                     self._observe_quietly(owner, "periodic")
+                elif _poll(state) and now - max(state.last_polled, state.last_observed) >= _poll(state):
+                    state.last_polled = now
+                    self._observe_quietly(owner, "poll", only_if_changed=True)
 
     def _next_periodic_in(self) -> float:
         now = time.monotonic()
-        waits = [self._periodic - (now - s.last_observed) for s in self._states.values() if s.authority is not None]
+        waits = []
+        for s in self._states.values():
+            if s.authority is not None:
+                waits.append(self._periodic - (now - s.last_observed))
+                if _poll(s):
+                    waits.append(_poll(s) - (now - max(s.last_polled, s.last_observed)))
         return max(0.05, min([*waits, 30.0]))
 
     def _observe_quietly(self, owner: str, reason: str, only_if_changed: bool = False) -> None:
@@ -303,6 +318,12 @@ class ScheduleChannel:
         except Exception as exc:  # noqa: BLE001 - an unreadable inventory waits for the next try
             log.warning("schedules.observation_failed", scheduler=owner, reason=reason,
                         error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _poll(state: _AdapterState) -> float:
+    """Seconds between cheap re-reads for an adapter whose scheduler has no change signal (0: none)."""
+    value = getattr(state.adapter, "poll_seconds", 0) or 0
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
 
 
 def capabilities_of(adapter: SchedulerAdapter | Any) -> list[str]:

@@ -28,6 +28,7 @@ from .faults import BrainFaults
 from .framelog import FrameLog, Listeners
 from .lanes import BatchIngest
 from .records import AgentCredentials, CommandRecord
+from .schedule_desk import ScheduleDesk
 from .server import BrainServer
 from .sessions import SessionHub
 from .settings import BrainSettings
@@ -86,6 +87,7 @@ class LocalBrain:
         self.frames.add(FrameType.AGENT_STATUS, self.registry.on_agent_status)
         self.frames.add(FrameType.COMMAND_ACK, self.delivery.on_ack)
         self.frames.add(FrameType.COMMAND_RESULT, self.delivery.on_result)
+        self.schedules = ScheduleDesk(self)  # the Schedules page: activation, snapshots, control, mutation
         self.socket = AgentSocket(
             settings=self.settings, server=self.server, agents=self.registry, hub=self.hub, frames=self.frames,
             ingest=self.ingest, commands=self.delivery, faults=self.faults, frame_log=self.frame_log,
