@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/bench_buffer.py [--n 20000]
 Goals (issue 5): append p50 <= 15 us, p99 <= 100 us, drain >= 200k events/s.
-Our appends go to the spool (z4j_bare/spool.py); the owner moves them into SQLite as they arrive
+Our appends go to the spool (z4j_bare/storage/spool.py); the owner moves them into SQLite as they arrive
 (printed separately as "ingest"), so a backlog drain is read + ack, like the raw anchor's.
 """
 

@@ -299,7 +299,7 @@ def test_append_never_raises_on_sqlite_failure(tmp_path):
     s = BufferStore(tmp_path / "b.sqlite", spool=False)  # the SQLite path (spool: see test_spool.py)
     try:
         s.append("event", "ok")
-        s._wconn.execute("DROP TABLE entries")  # a real SQLite error on the hot path
+        s._conns.writer().execute("DROP TABLE entries")  # a real SQLite error on the hot path
         assert s.append("event", "lost", "celery") is False
         assert s.append_many([("command_result", "x")]) == 0
         loss = s.telemetry_loss()

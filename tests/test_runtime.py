@@ -78,7 +78,7 @@ def test_events_written_before_connect_are_delivered_and_not_duplicated(brain):
 
 @pytest.mark.parametrize("spool", [True, False])
 def test_buffer_spool_option_chooses_the_append_path_and_both_deliver(brain, spool):
-    from z4j_bare.spool import spool_dir_for
+    from z4j_bare.storage.spool import spool_dir_for
 
     engine = RecordingEngine()
     runtime = _runtime(brain.mint_agent(), [engine], buffer_spool=spool)

@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from z4j_bare.buffer import BufferStore
-from z4j_bare.spool import SpoolWriter, encode_records, spool_dir_for
+from z4j_bare.storage.spool import SpoolWriter, encode_records, spool_dir_for
 
 
 def bodies(store: BufferStore) -> list[str]:
@@ -148,13 +148,13 @@ def test_depth_waits_for_an_ingest_in_progress_instead_of_missing_its_rows(tmp_p
     try:
         for i in range(10):
             s.append("event", f"e{i}")
-        s._ilock.acquire()  # as if the I/O thread were moving rows right now
+        s._ingest.lock.acquire()  # as if the I/O thread were moving rows right now
         got: list[int] = []
         reader = threading.Thread(target=lambda: got.append(s.depth()))
         reader.start()
         reader.join(0.3)
         assert reader.is_alive(), "depth() answered while rows were being moved"
-        s._ilock.release()
+        s._ingest.lock.release()
         reader.join(5)
         assert got == [10]
     finally:

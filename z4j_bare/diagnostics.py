@@ -45,7 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
-from .buffer_files import check_private_dir, z4j_home
+from .storage.location import check_private_dir, z4j_home
 from .config import OPTIONS_BY_NAME, Config, ConfigError
 from .engines.base import EngineAdapter
 from .logs import get_logger
@@ -762,7 +762,7 @@ def _read_buffer(path: Path) -> dict[str, Any]:
 
 
 def _spooled(path: Path, offsets: dict[str, int]) -> list[tuple[str, str, str, int, float]]:
-    from .spool import SpoolReader, spool_dir_for
+    from .storage.spool import SpoolReader, spool_dir_for
 
     rows: list[tuple[str, str, str, int, float]] = []
     reader = SpoolReader(spool_dir_for(path))

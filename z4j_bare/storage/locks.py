@@ -1,7 +1,4 @@
-"""Where the buffer lives on disk, and the sidecar locks that say who is using it.
-
-Kept apart from ``buffer.py`` so the SQLite logic reads on its own: this module only
-knows about directories, file names, permissions and advisory locks.
+"""The sidecar locks that say who is using a buffer file.
 
 Lock protocol (one ``<buffer>.lock`` sidecar per buffer file, Linux OFD byte-range locks,
 which belong to an open file description, so they die with the last process holding it):
@@ -21,35 +18,20 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
-import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = [
-    "ADOPTER",
-    "OWNER",
-    "WRITER",
-    "LockBusy",
-    "SidecarLock",
-    "check_private_dir",
-    "fallback_root",
-    "family_pattern",
-    "is_sqlite_header",
-    "sibling_paths",
-    "side_files",
-    "z4j_home",
-]
+__all__ = ["ADOPTER", "OWNER", "WRITER", "LockBusy", "SidecarLock", "owner_holds"]
 
 OWNER = "owner"
 WRITER = "writer"
 ADOPTER = "adopter"
 
 _HAVE_OFD = hasattr(fcntl, "F_OFD_SETLK")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-MAX_SIBLINGS = 64
+# struct flock: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid
+# (l_pid must be 0 for OFD locks).
+_FLOCK = "hhqqi"
 
 
 class LockBusy(Exception):
@@ -61,9 +43,7 @@ class LockBusy(Exception):
 
 
 def _ofd(fd: int, ltype: int, start: int, length: int = 1) -> bool:
-    # struct flock: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid
-    # (l_pid must be 0 for OFD locks).
-    arg = struct.pack("hhqqi", ltype, os.SEEK_SET, start, length, 0)
+    arg = struct.pack(_FLOCK, ltype, os.SEEK_SET, start, length, 0)
     try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
     except OSError as exc:
@@ -150,6 +130,13 @@ class SidecarLock:
         """Close an inherited copy without unlocking: the parent still holds the lock."""
         self.release()
 
+    def unlink(self) -> None:
+        """Remove the lock file while still holding it (see ``acquire``'s re-check)."""
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
 
 def _read_pid(fd: int) -> int | None:
     try:
@@ -159,71 +146,31 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def z4j_home() -> Path:
-    raw = os.environ.get("Z4J_HOME", "").strip()
-    if raw:
-        return Path(os.path.expandvars(raw)).expanduser().resolve()
-    return Path("~/.z4j").expanduser()
-
-
-def check_private_dir(path: Path, *, create: bool = True) -> str | None:
-    """Make sure ``path`` is a directory we control; return why not, or ``None``.
-
-    Created directories get mode 0700. An existing one must be ours and not writable by
-    group/others: otherwise another user could plant or swap buffer files in it.
-    """
+def owner_holds(lock_path: Path) -> tuple[bool, int | None]:
+    """Is a live process holding the owner lock, and the pid the owner wrote? Tested with
+    F_OFD_GETLK, so it never takes the lock (safe next to a live agent, as another user)."""
     try:
-        if create and not path.exists():
-            path.mkdir(parents=True, mode=0o700, exist_ok=True)
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"cannot create {path}: {exc.strerror or exc}"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{path} is not a directory"
-    if st.st_uid != os.geteuid():
-        return f"{path} is owned by uid {st.st_uid}, not by this process (uid {os.geteuid()})"
-    if st.st_mode & 0o022:
-        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f"{path} is not writable"
-    return None
-
-
-def fallback_root() -> Path | None:
-    """A private directory under $TMPDIR for this uid, or ``None`` if none can be had."""
-    uid = os.geteuid()
-    try:
-        base = Path(tempfile.gettempdir())
-    except (OSError, FileNotFoundError):
-        return None
-    preferred = base / f"z4j-{uid}"
-    if check_private_dir(preferred) is None:
-        return preferred
-    try:
-        return Path(tempfile.mkdtemp(prefix=f"z4j-{uid}-", dir=base))
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return None
+        return False, None
+    try:
+        pid = _read_pid(fd)
+        cmd = getattr(fcntl, "F_OFD_GETLK", None)
+        if cmd is None:
+            return pid is not None and _pid_alive(pid), pid
+        answer = fcntl.fcntl(fd, cmd, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0))
+        return struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK, pid
+    except OSError:
+        return False, None
+    finally:
+        os.close(fd)
 
 
-def sibling_paths(first: Path):
-    """``first``, then ``<stem>-1<suffix>``, ``-2``, ... (bounded)."""
-    yield first
-    for n in range(1, MAX_SIBLINGS):
-        yield first.with_name(f"{first.stem}-{n}{first.suffix}")
-
-
-def family_pattern(first: Path) -> re.Pattern[str]:
-    return re.compile(re.escape(first.stem) + r"(?:-\d+)?" + re.escape(first.suffix) + r"\Z")
-
-
-def side_files(path: Path) -> list[Path]:
-    return [path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal")]
-
-
-def is_sqlite_header(path: Path) -> bool | None:
-    """True/False for a SQLite/non-SQLite file; None for an empty file (a fresh database)."""
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if not head:
-        return None
-    return head == _SQLITE_MAGIC
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -6,8 +6,8 @@ busy Celery main process that cost 50-100 us per event (docs/performance.md, "Bu
 durable against a crash of the process: the kernel holds the bytes. Neither survives a power
 cut without fsync, like SQLite's WAL with ``synchronous=NORMAL`` that the buffer uses.
 
-The buffer's owner moves spooled records into SQLite in batches (``Spool.collect`` here, the
-insert in ``buffer.py``); the offset it has consumed in each file is committed in the same
+The buffer's owner moves spooled records into SQLite in batches (``SpoolReader.collect`` here, the
+insert in ``ingest.py``); the offset it has consumed in each file is committed in the same
 transaction as the rows, so a crash at any point delivers every record at least once and
 never skips one.
 
@@ -31,7 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SpoolBatch", "SpoolReader", "SpoolWriter", "encode_records", "spool_dir_for"]
+from ..logs import get_logger
+
+__all__ = ["SpoolAppender", "SpoolBatch", "SpoolReader", "SpoolWriter", "encode_records", "spool_dir_for"]
+
+log = get_logger(__name__)
 
 _HEAD = struct.Struct("<II")
 _META = struct.Struct("<dBB")
@@ -42,6 +46,8 @@ READ_CHUNK = 256 << 10
 #: A length field above this is corruption, not a record still being written.
 MAX_RECORD = 64 << 20
 SUFFIX = ".log"
+#: Spool writes between two checks of the spool's size against the buffer's max_bytes.
+CHECK_EVERY = 1024
 
 
 def spool_dir_for(buffer_path: Path) -> Path:
@@ -145,6 +151,56 @@ class SpoolWriter:
                 pass
         self._fd = -1
         self._size = 0
+
+
+class SpoolAppender:
+    """The hot path's use of this process's spool file: whether to use it, and its failures.
+
+    ``append`` answers False (the caller then commits to SQLite, whose caps apply) when the row
+    cannot be encoded, the file cannot be written, or the spool, which only a live owner empties,
+    has grown past ``max_bytes``: without that check a dead owner's spool would fill the disk.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.writer = SpoolWriter(directory)
+        self.max_bytes = max_bytes
+        self._budget = CHECK_EVERY
+        self.errors = 0
+
+    @property
+    def directory(self) -> Path:
+        return self.writer.directory
+
+    def append(self, rows: Sequence[tuple[str, str, str, float]]) -> bool:
+        self._budget -= 1
+        if self._budget < 0 and not self._has_room():
+            return False
+        try:
+            data = encode_records(rows)
+        except (ValueError, struct.error):
+            return False  # the SQLite path refuses and counts the same row
+        try:
+            self.writer.write(data)
+            return True
+        except OSError as exc:
+            self.errors += 1
+            self._budget = CHECK_EVERY
+            if self.errors == 1 or self.errors % 1000 == 0:
+                log.warning("buffer.spool_failed", path=str(self.writer.directory), errors=self.errors,
+                            error=f"{type(exc).__name__}: {exc}", fallback="SQLite commits (slower, same durability)")
+            return False
+
+    def _has_room(self) -> bool:
+        """Is the spool (what no owner has moved into SQLite yet) under max_bytes?"""
+        self._budget = CHECK_EVERY
+        total = 0
+        try:
+            with os.scandir(self.writer.directory) as it:
+                for entry in it:
+                    total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            return True
+        return total < self.max_bytes
 
 
 @dataclass(slots=True)
