@@ -150,7 +150,8 @@ def test_json_schema_is_stable(creds):
         assert set(p) == {"name", "status", "ok", "message", "fix", "details", "elapsed_ms"}
         assert p["status"] in ("pass", "warn", "fail", "skip") and isinstance(p["message"], str)
     for edge in data["trace"]:
-        assert set(edge) == {"source", "dest", "trigger", "at", "elapsed_ms"}
+        required = {"source", "dest", "trigger", "at", "elapsed_ms"}
+        assert required <= set(edge) <= required | {"transport", "failure_class", "reason", "retry_in_s", "next_attempt_at"}
 
 
 def _self_signed(tmp_path):

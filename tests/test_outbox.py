@@ -30,6 +30,11 @@ def buffer(tmp_path):
     store.close()
 
 
+def _wire(signer, sent):
+    """The transport's send, reduced to what these tests read: the signed bytes."""
+    return lambda frame: sent.append(frame.sign(signer))
+
+
 def _frames(sent):
     return [json.loads(raw) for raw in sent]
 
@@ -40,7 +45,7 @@ def test_batch_size_follows_ack_rate(buffer, rate, expected):
     outbox = Outbox(buffer, max_inflight=1, clock=clock)
     signer = Signer(KEY, BINDING)
     for _ in range(8):
-        outbox.pump(signer, sent.append)
+        outbox.pump(_wire(signer, sent))
         frame = _frames(sent)[-1]
         clock.now += len(frame["payload"]["events"]) / rate
         outbox.on_ack(frame["id"])
@@ -51,14 +56,14 @@ def test_resend_keeps_event_text_and_waits_for_head_of_line(buffer):
     clock, sent = Clock(), []
     outbox = Outbox(buffer, max_inflight=2, resend_after=90, clock=clock)
     signer = Signer(KEY, BINDING)
-    outbox.pump(signer, sent.append)
+    outbox.pump(_wire(signer, sent))
     first, second = _frames(sent)
     clock.now = 60
     outbox.on_ack(first["id"])  # second becomes head at t=60
     clock.now = 140
-    assert outbox.resend_due(signer, sent.append) == 0
+    assert outbox.resend_due(_wire(signer, sent)) == 0
     clock.now = 151
-    assert outbox.resend_due(signer, sent.append) == len(second["payload"]["events"])
+    assert outbox.resend_due(_wire(signer, sent)) == len(second["payload"]["events"])
     again = _frames(sent)[-1]
     assert again["id"] == second["id"] and again["payload"] == second["payload"] and again["seq"] > second["seq"]
 
@@ -66,7 +71,7 @@ def test_resend_keeps_event_text_and_waits_for_head_of_line(buffer):
 def test_ack_deletes_exactly_the_batch(buffer):
     sent = []
     outbox = Outbox(buffer, max_inflight=1)
-    outbox.pump(Signer(KEY, BINDING), sent.append)
+    outbox.pump(_wire(Signer(KEY, BINDING), sent))
     n = len(_frames(sent)[0]["payload"]["events"])
     assert outbox.on_ack(_frames(sent)[0]["id"]) == n
     assert buffer.depth() == 20000 - n
@@ -77,15 +82,15 @@ def test_withheld_ack_is_resent_even_while_later_batches_are_acked(buffer):
     clock, sent = Clock(), []
     outbox = Outbox(buffer, max_inflight=3, resend_after=90, clock=clock)
     signer = Signer(KEY, BINDING)
-    outbox.pump(signer, sent.append)
+    outbox.pump(_wire(signer, sent))
     first, second, third = _frames(sent)
     for t, frame in ((30, second), (60, third)):  # the brain withholds the first ack only
         clock.now = t
         outbox.on_ack(frame["id"])
     clock.now = 89
-    assert outbox.resend_due(signer, sent.append) == 0
+    assert outbox.resend_due(_wire(signer, sent)) == 0
     clock.now = 91
-    assert outbox.resend_due(signer, sent.append) == len(first["payload"]["events"])
+    assert outbox.resend_due(_wire(signer, sent)) == len(first["payload"]["events"])
     assert _frames(sent)[-1]["id"] == first["id"]
 
 
@@ -96,15 +101,15 @@ def test_partial_batches_linger_but_full_batches_and_drain_do_not(tmp_path):
     signer = Signer(KEY, BINDING)
     store.append("event", json.dumps({"id": "a"}), "celery")
     clock.now = 10.0
-    assert outbox.pump(signer, sent.append) == 1  # after a quiet spell: at once
+    assert outbox.pump(_wire(signer, sent)) == 1  # after a quiet spell: at once
     store.append("event", json.dumps({"id": "b"}), "celery")
     clock.now = 10.01
-    assert outbox.pump(signer, sent.append) == 0  # a partial batch waits for company
+    assert outbox.pump(_wire(signer, sent)) == 0  # a partial batch waits for company
     clock.now = 10.06
-    assert outbox.pump(signer, sent.append) == 1  # ... but not longer than the linger
+    assert outbox.pump(_wire(signer, sent)) == 1  # ... but not longer than the linger
     store.append("event", json.dumps({"id": "c"}), "celery")
     clock.now = 10.07
-    assert outbox.pump(signer, sent.append, linger=False) == 1  # the final drain never waits
+    assert outbox.pump(_wire(signer, sent), linger=False) == 1  # the final drain never waits
     store.close()
 
 
@@ -125,9 +130,9 @@ def test_frames_cut_by_the_max_frame_size_still_fill_the_window(tmp_path):
     # out the linger after every frame.
     store, outbox, clock = _framed_outbox(tmp_path, 5000, inflight=4)
     signer, sent = Signer(KEY, BINDING), []
-    outbox.pump(signer, sent.append)
+    outbox.pump(_wire(signer, sent))
     clock.now = 10.001  # a moment after the first frame: still inside the linger
-    outbox.pump(signer, sent.append)
+    outbox.pump(_wire(signer, sent))
     assert outbox.inflight == 4 and len(sent) == 4
     assert all(len(raw) <= 64 * 1024 for raw in sent)
     store.close()
@@ -136,9 +141,9 @@ def test_frames_cut_by_the_max_frame_size_still_fill_the_window(tmp_path):
 def test_a_full_frame_waiting_goes_out_inside_the_linger(tmp_path):
     store, outbox, clock = _framed_outbox(tmp_path, 3000, inflight=2)
     signer, sent = Signer(KEY, BINDING), []
-    outbox.pump(signer, sent.append)
+    outbox.pump(_wire(signer, sent))
     for frame in _frames(sent):
         outbox.on_ack(frame["id"])
     clock.now = 10.001  # inside the linger after those sends
-    assert outbox.pump(signer, sent.append) > 0, "full frames were held back as if partial"
+    assert outbox.pump(_wire(signer, sent)) > 0, "full frames were held back as if partial"
     store.close()

@@ -169,7 +169,7 @@ def test_incompatible_close_code_gets_incompatible_class(brain):
     runtime = _runtime(creds, [RecordingEngine()])
     runtime.start()
     _wait(lambda: runtime.health()["failure_streaks"]["incompatible"] >= 1, what="incompatible")
-    assert runtime._backoff.last_delay >= 120
+    assert runtime.backoff.last_delay >= 120
     runtime.stop(1)
 
 
@@ -366,3 +366,119 @@ def test_stop_before_start_goes_straight_to_stopped(brain):
     assert runtime.stop(1) is True
     assert runtime.state is RuntimeState.STOPPED
     assert [(e["source"], e["dest"]) for e in runtime.trace] == [("init", "stopped")]
+
+
+class EchoChannel:
+    """A channel of its own (like the schedule channel): claims `echo.ping` commands and answers
+    them through the runtime's control path."""
+
+    def __init__(self):
+        self.handled, self.sessions, self.emit = [], [], None
+
+    def hello_fields(self):
+        return {"runtime_features": ["echo_v1"], "capabilities": {"echo": ["echo.ping"]}, "engines": ["ignored"]}
+
+    def handles(self, frame):
+        return frame.type == "command" and frame.payload.get("action") == "echo.ping"
+
+    def handle(self, frame):
+        self.handled.append(frame.id)
+        claim = frame.payload.get("delivery_claim_token")
+        self.emit("command_ack", frame.id, {"delivery_claim_token": claim})
+        self.emit("command_result", frame.id, {"status": "success", "result": {"echo": frame.payload["parameters"]},
+                                                "error": None, "delivery_claim_token": claim})
+
+    def session_changed(self, session):
+        self.sessions.append(session and session.session_id)
+
+
+def test_a_registered_channel_extends_hello_takes_its_frames_and_sends_through_the_control_path(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine])
+    channel = EchoChannel()
+    channel.emit = runtime.add_frame_handler(channel)
+    runtime.start()
+    with pytest.raises(RuntimeError, match="before the runtime starts"):
+        runtime.add_frame_handler(EchoChannel())
+    hello = brain.wait_for_agent_online(creds.agent_id)["hello"]
+    assert "echo_v1" in hello["runtime_features"] and hello["capabilities"]["echo"] == ["echo.ping"]
+    assert hello["engines"] == ["celery"]  # a channel never replaces a core field
+    record = brain.wait_for_command(brain.send_command("echo.ping", {"n": 1}, agent_id=creds.agent_id, target={}), timeout=15)
+    assert record.status == "completed" and record.result == {"echo": {"n": 1}} and record.acked
+    assert engine.calls == [] and len(channel.handled) == 1
+    assert runtime.flush(10) and runtime.buffer.depth() == 0  # delivered and removed
+    runtime.stop()
+    assert channel.sessions[0] and channel.sessions[-1] is None
+
+
+def test_add_frame_handler_refuses_an_object_that_is_not_one(brain):
+    runtime = _runtime(brain.mint_agent(), [RecordingEngine()])
+    with pytest.raises(TypeError, match="lacks handles, handle, session_changed"):
+        runtime.add_frame_handler(type("Half", (), {"hello_fields": lambda self: {}})())
+    runtime.stop(0)
+
+
+def _edges(runtime):
+    return [(e["source"], e["dest"], e["trigger"]) for e in runtime.trace]
+
+
+def test_trace_of_a_failed_handshake_shows_the_class_reason_and_wait(brain):
+    creds = brain.mint_agent()
+    brain.revoke_agent(creds.agent_id)
+    runtime = _runtime(creds, [RecordingEngine()], backoff_max_auth=600.0)
+    runtime.start()
+    _wait(lambda: runtime.health()["backoff"] is not None, what="the auth backoff")
+    lost = runtime.trace[-1]
+    assert _edges(runtime) == [("init", "connecting", "start"), ("connecting", "handshake", "connected"),
+                               ("handshake", "connecting", "session_lost")]
+    assert runtime.trace[1]["transport"] == "ws"
+    assert lost["failure_class"] == "auth" and "4401" in lost["reason"] and lost["retry_in_s"] >= 10
+    waiting = runtime.health()["backoff"]
+    assert waiting["failure_class"] == "auth" and waiting["retry_in_s"] >= 10 and waiting["next_attempt_at"].endswith("Z")
+    assert runtime.health()["state"] == "connecting" and not runtime.health()["ready"]
+    runtime.stop(2)  # the on_enter_connecting wait ends at once
+    assert _edges(runtime)[-1] == ("connecting", "stopped", "stop") and runtime.health()["backoff"] is None
+
+
+def test_trace_of_connect_failures_then_a_session(brain):
+    creds = brain.mint_agent()
+    brain.pause()
+    runtime = _runtime(creds, [RecordingEngine()])
+    runtime.start()
+    _wait(lambda: len(runtime.trace) >= 3, what="two failed connect attempts")
+    failed = [e for e in runtime.trace if e["trigger"] == "connect_failed"]
+    assert failed and all(e["failure_class"] == "connection" and "retry_in_s" in e for e in failed)
+    brain.resume()
+    _wait(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING once the brain is back")
+    assert _edges(runtime)[-2:] == [("connecting", "handshake", "connected"), ("handshake", "running", "handshake_ok")]
+    runtime.stop()
+
+
+def test_trace_of_a_lost_session_and_the_reconnect(brain):
+    runtime, engine = _running_then_disconnected(brain)
+    lost = next(e for e in runtime.trace if e["trigger"] == "session_lost")
+    assert lost["source"] == "running" and lost["failure_class"] == "connection" and "1001" in lost["reason"]
+    brain.resume()
+    _wait(lambda: runtime.state is RuntimeState.RUNNING, what="the reconnect")
+    engine.emit_task("after", "task.received")
+    assert runtime.flush(10)
+    runtime.stop()
+    assert brain.event_count() == 1
+    assert _edges(runtime)[-2:] == [("running", "draining", "stop"), ("draining", "stopped", "drained")]
+
+
+def test_draining_delivers_what_is_buffered_before_stopping(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine], stop_timeout=10.0)
+    runtime.start()
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    brain.faults.ack_delay = 0.2  # acks still in flight when stop() is called
+    for i in range(500):
+        engine.emit_task(f"d{i}", "task.received")
+    assert runtime.stop() is True
+    assert brain.event_count() == 500 and runtime.buffer.depth() == 0
+    drain = runtime.trace[-1]
+    assert _edges(runtime)[-2:] == [("running", "draining", "stop"), ("draining", "stopped", "drained")]
+    assert drain["elapsed_ms"] > 0  # time spent in DRAINING delivering

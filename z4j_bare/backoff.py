@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Mapping
 
-from tenacity import RetryCallState
+from tenacity import AttemptManager, RetryCallState, RetryError, Retrying, retry_if_exception_type
 
 from .protocol import BACKOFF_POLICIES, BackoffClass, BackoffPolicy
 
@@ -51,3 +52,34 @@ class Backoff:
         if isinstance(exc, SessionEnded):
             return 0.0 if exc.immediate else self.next_delay(exc.backoff)
         return self.next_delay(BackoffClass.CONNECTION)
+
+
+class Reconnects:
+    """tenacity's retry loop over session attempts, run one attempt at a time by the state machine.
+
+    CONNECTING is entered once per attempt; ``next_attempt(failure)`` tells tenacity how the last
+    attempt ended (``failure``: the SessionEnded that sent the machine back to CONNECTING), and
+    tenacity waits out that failure's class backoff (``wait``, ``sleep``, ``before_sleep``) before
+    handing over the next attempt. Returns False instead once stop() was called, and at once if
+    stop() comes during the wait (the ``sleep`` given must return early on stop).
+    """
+
+    def __init__(self, backoff: Backoff, *, stopping: threading.Event, sleep: Callable[[float], None],
+                 before_sleep: Callable[[RetryCallState], None]) -> None:
+        self._stopping = stopping
+        self._attempts = iter(Retrying(
+            wait=backoff.wait, sleep=sleep, stop=lambda _state: stopping.is_set(),
+            retry=retry_if_exception_type(SessionEnded), before_sleep=before_sleep,
+        ))
+        self._attempt: AttemptManager | None = None
+
+    def next_attempt(self, failure: SessionEnded | None) -> bool:
+        if self._attempt is not None and failure is not None:
+            self._attempt.retry_state.set_exception((type(failure), failure, None))
+        if self._stopping.is_set():
+            return False
+        try:
+            self._attempt = next(self._attempts)
+        except (RetryError, StopIteration):
+            return False
+        return not self._stopping.is_set()

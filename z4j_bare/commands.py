@@ -3,14 +3,13 @@
 The I/O thread calls ``submit(frame)`` for every ``command`` frame that passed HMAC and the
 replay guard; nothing else reaches this module. ``submit`` never blocks: it queues the
 ``command_ack`` and hands execution to a small worker pool with a per-command deadline. Acks and
-results are written to the durable buffer first (a reconnect or restart does not lose them) and
-also pushed to the runtime's priority path so they do not wait behind an event backlog.
+results go to ``emit`` (the runtime's ``controls.ControlFrames.emit``), which makes them durable
+and sends them ahead of the event backlog until the brain has them.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import threading
 import time
@@ -262,6 +261,3 @@ def dedupe_key(command_id: str, action: str, params: Mapping[str, Any]) -> str:
         return f"fire:{fire_id}"
     return f"cmd:{command_id}"
 
-
-def control_row(frame_id: str, payload: dict[str, Any]) -> str:
-    return json.dumps({"id": frame_id, "payload": payload}, separators=(",", ":"), ensure_ascii=False, default=str)

@@ -51,6 +51,7 @@ from .engines.base import EngineAdapter
 from .logs import get_logger
 from .protocol import (
     PROTOCOL_VERSION_TEXT,
+    BackoffClass,
     CloseCode,
     FrameType,
     ProtocolError,
@@ -62,9 +63,8 @@ from .protocol import (
     describe_close,
     encode_unsigned,
     new_frame_id,
-    parse_frame,
 )
-from .transport import Connection, TlsSettings, TransportError
+from .transport import Connection, TlsSettings, TransportError, read_hello_ack
 
 __all__ = ["PROBE_NAMES", "SCHEMA", "DoctorEngine", "DoctorReport", "ProbeResult", "buffer_status", "run_doctor"]
 
@@ -466,10 +466,12 @@ def _session(config: Config, timeout: float) -> list[ProbeResult]:
                     "the server accepted the upgrade but is not answering like a z4j brain: check that brain_url "
                     "points at the brain and that no proxy buffers WebSocket traffic", {}, t.ms()))
                 return skip_rest("hello")
-            frame = parse_frame(data)
-            if frame.type is not FrameType.HELLO_ACK:
-                raise ProtocolError(f"expected hello_ack, got {frame.type.value}")
+            ack = read_hello_ack(data, default_heartbeat=config.heartbeat_seconds)
         except TransportError as exc:
+            if exc.backoff is BackoffClass.INCOMPATIBLE:
+                results.append(ProbeResult("hello", FAIL, f"hello_ack is incompatible: {exc}",
+                                           "use a brain that speaks z4j protocol 2", {}, t.ms()))
+                return skip_rest("hello")
             message, fix = _close_problem(exc.close_code, after_signed=False)
             results.append(ProbeResult("hello", FAIL, message, fix, {"close_code": exc.close_code}, t.ms()))
             return skip_rest("hello")
@@ -478,19 +480,11 @@ def _session(config: Config, timeout: float) -> list[ProbeResult]:
                                        "check versions (python -m z4j_bare version) and that brain_url is the brain",
                                        {}, t.ms()))
             return skip_rest("hello")
-        p = frame.payload
-        ids = [p.get("agent_id"), p.get("project_id"), p.get("session_id")]
-        if str(p.get("protocol_version")) != PROTOCOL_VERSION_TEXT or not all(isinstance(v, str) and v for v in ids):
-            results.append(ProbeResult("hello", FAIL, f"hello_ack is incompatible: protocol "
-                                       f"{p.get('protocol_version')!r}, ids present: {all(ids)}",
-                                       "use a brain that speaks z4j protocol 2", {}, t.ms()))
-            return skip_rest("hello")
-        binding = SessionBinding(*ids)
+        binding = ack.binding
         hello_details = {"agent_id": binding.agent_id, "project_id": binding.project_id,
-                         "session_id": binding.session_id, "brain_version": p.get("brain_version"),
-                         "heartbeat_interval_seconds": p.get("heartbeat_interval_seconds"),
-                         "max_frame_size_bytes": p.get("max_frame_size_bytes")}
-        results.append(ProbeResult("hello", PASS, f"token accepted: hello_ack from brain {p.get('brain_version')}, "
+                         "session_id": binding.session_id, "brain_version": ack.brain_version,
+                         "heartbeat_interval_seconds": ack.heartbeat_interval, "max_frame_size_bytes": ack.max_frame}
+        results.append(ProbeResult("hello", PASS, f"token accepted: hello_ack from brain {ack.brain_version}, "
                                    f"agent {binding.agent_id}, session {binding.session_id}", None,
                                    hello_details, t.ms()))
         results.append(_hmac_round_trip(conn, config, binding))

@@ -1,14 +1,14 @@
-"""Turns buffered rows into signed frames and keeps event batches until the brain acks them.
+"""Turns buffered event rows into signed event batches and keeps them until the brain acks them.
 
-Owned by the runtime's I/O thread (no locking). Rows leave the buffer only on an
-``event_batch_ack`` (events) or once written to the socket (control frames, which the brain
-never acks). On a new session everything unconfirmed is read again and re-signed; events keep
-their id and occurred_at because their text is never rebuilt.
+Owned by the runtime's I/O thread (no locking). Event rows leave the buffer only on an
+``event_batch_ack`` (or, on long-poll, an accepted upload). Every other row it meets belongs to
+the control frames (``controls.ControlFrames.adopt``). On a new session everything unconfirmed
+is read again and re-signed; events keep their id and occurred_at because their text is never
+rebuilt.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .logs import get_logger
-from .protocol import DEFAULT_MAX_FRAME_BYTES, MAX_EVENTS_PER_BATCH, FrameType, Signer
+from .protocol import DEFAULT_MAX_FRAME_BYTES, MAX_EVENTS_PER_BATCH, FrameType
+from .transport import Outgoing
 
 if TYPE_CHECKING:
-    from .buffer import BufferStore
+    from .buffer import BufferRow, BufferStore
 
 log = get_logger(__name__)
 
@@ -34,10 +35,10 @@ INITIAL_BATCH_EVENTS = 1000
 # goes at once): under a steady stream the I/O thread wakes at most ~20 times a second instead
 # of per event, and competes far less with the host's threads for the GIL and the buffer.
 LINGER_SECONDS = 0.05
-CONTROL_KINDS = frozenset({FrameType.COMMAND_ACK.value, FrameType.COMMAND_RESULT.value})
 EVENT_KIND = "event"
 
-Send = Callable[[bytes], None]
+#: The transport's ``send``: signs the frame and sends it (or queues it for upload).
+Send = Callable[[Outgoing], None]
 
 
 @dataclass(slots=True)
@@ -70,8 +71,10 @@ class Outbox:
         max_inflight: int = 4,
         resend_after: float = 90.0,
         clock: Callable[[], float] = time.monotonic,
+        on_control_row: Callable[[BufferRow], None] | None = None,
     ) -> None:
         self._buffer = buffer
+        self._on_control_row = on_control_row or self._unclaimed_control
         self._max_events = max(1, min(max_batch_events, MAX_EVENTS_PER_BATCH))
         self._max_inflight = max(1, max_inflight)
         self._resend_after = resend_after
@@ -80,7 +83,6 @@ class Outbox:
         self._cursor = 0
         self._inflight: dict[str, InflightBatch] = {}
         self._head_since = 0.0
-        self.sent_controls: set[tuple[str, str]] = set()
         self.stats = OutboxStats()
         self._ack_rate: float | None = None  # events/s the brain confirms, smoothed
         self._last_send = 0.0
@@ -103,7 +105,7 @@ class Outbox:
         return not self._inflight
 
     # -- sending -----------------------------------------------------------------------------
-    def pump(self, signer: Signer, send: Send, *, linger: bool = True) -> int:
+    def pump(self, send: Send, *, linger: bool = True) -> int:
         """Send frames while the window has room; returns the number of rows handled.
 
         With ``linger``, a partial batch is held back until LINGER_SECONDS after the last send.
@@ -121,7 +123,7 @@ class Outbox:
                 break
             if linger and len(rows) < limit and self._clock() - self._last_send < LINGER_SECONDS:
                 break  # a partial frame: let it fill a little
-            handled += self._ship(rows, signer, send)
+            handled += self._ship(rows, send)
         return handled
 
     def _read_limit(self) -> int:
@@ -129,7 +131,7 @@ class Outbox:
         fits = (self._max_frame - ENVELOPE_OVERHEAD) // max(self._row_bytes, 1)
         return max(1, min(self.batch_target, fits + fits // 16))
 
-    def _ship(self, rows: list, signer: Signer, send: Send) -> int:
+    def _ship(self, rows: list, send: Send) -> int:
         budget = self._max_frame - ENVELOPE_OVERHEAD
         ids: list[int] = []
         texts: list[str] = []
@@ -137,9 +139,7 @@ class Outbox:
         rejected: list[int] = []
         for row in rows:
             if row.kind != EVENT_KIND:
-                if texts:
-                    break  # keep order: flush the events gathered so far first
-                self._send_control(row, signer, send)
+                self._on_control_row(row)
                 self._cursor = row.id
                 continue
             body = row.body
@@ -161,32 +161,15 @@ class Outbox:
             if not self._inflight:
                 self._head_since = batch.sent_at
             self._inflight[batch.frame_id] = batch
-            send(signer.sign_event_batch(batch.frame_id, texts))
+            send(Outgoing(FrameType.EVENT_BATCH.value, batch.frame_id, events=texts))
             self._row_bytes = size // len(texts)
             self._last_send = batch.sent_at
             self.stats.frames_sent += 1
             self.stats.events_sent += len(texts)
         return len(ids) + len(rejected)
 
-    def _send_control(self, row, signer: Signer, send: Send) -> None:
-        try:
-            body = json.loads(row.body)
-            key = (row.kind, body["id"])
-            if key not in self.sent_controls:
-                send(signer.sign(row.kind, body["id"], body["payload"]))
-            self.sent_controls.discard(key)
-        except (ValueError, KeyError, TypeError):
-            self._reject([row.id], "unreadable control frame")
-            return
-        self._buffer.delete([row.id])
-
-    def send_control_now(self, kind: str, frame_id: str, payload: dict, signer: Signer, send: Send) -> None:
-        """Priority path for command acks/results (their buffer row is skipped later)."""
-        key = (kind, frame_id)
-        if key in self.sent_controls:
-            return
-        send(signer.sign(kind, frame_id, payload))
-        self.sent_controls.add(key)
+    def _unclaimed_control(self, row: BufferRow) -> None:
+        self._reject([row.id], f"{row.kind} row with no control channel to send it")
 
     def _reject(self, ids: list[int], reason: str) -> None:
         self._buffer.delete(ids)
@@ -212,6 +195,21 @@ class Outbox:
         self.stats.last_flush_wall = time.time()
         return len(batch.row_ids)
 
+    def owns(self, frame_id: str) -> bool:
+        return frame_id in self._inflight
+
+    def on_rejected(self, frame_id: str, reason: str) -> int:
+        """The brain refused the batch for its content (long-poll 413/415/422 down to this one
+        frame): its events are dropped and counted as content-rejected loss."""
+        was_head = bool(self._inflight) and next(iter(self._inflight)) == frame_id
+        batch = self._inflight.pop(frame_id, None)
+        if batch is None:
+            return 0
+        if was_head:
+            self._head_since = self._clock()
+        self._reject(batch.row_ids, reason)
+        return len(batch.row_ids)
+
     def _learn_rate(self, events: int, service_seconds: float) -> None:
         """Adapt the batch size to how fast this brain acks (a local brain: thousands of events a
         second; the real brain with SQLite: about a hundred)."""
@@ -219,7 +217,7 @@ class Outbox:
         self._ack_rate = sample if self._ack_rate is None else 0.7 * self._ack_rate + 0.3 * sample
         self.batch_target = int(min(self._max_events, max(MIN_BATCH_EVENTS, self._ack_rate * TARGET_FRAME_SECONDS)))
 
-    def resend_due(self, signer: Signer, send: Send) -> int:
+    def resend_due(self, send: Send) -> int:
         """Re-sign and resend the oldest unacked batch once it waited ``resend_after`` at the head.
 
         The clock starts when a batch becomes the head of the line (sent with an empty window, or
@@ -235,7 +233,7 @@ class Outbox:
         head.sent_at = now
         self._head_since = now
         self._buffer.mark_attempt(head.row_ids)
-        send(signer.sign_event_batch(head.frame_id, head.texts))
+        send(Outgoing(FrameType.EVENT_BATCH.value, head.frame_id, events=head.texts))
         self.stats.resends += 1
         log.info("outbox.resent", frame_id=head.frame_id, events=len(head.texts), resends=head.resends)
         return len(head.texts)

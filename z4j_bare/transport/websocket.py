@@ -1,7 +1,9 @@
-"""The WebSocket connection (websocket-client), owned by the runtime's I/O thread.
+"""The WebSocket transport (websocket-client): ``Connection`` is the socket, ``WebSocketTransport``
+the session over it (hello/hello_ack, signed frames, verified frames, receipts).
 
-Only ``abort()`` may be called from another thread: it shuts the socket down so a blocked
-send or receive returns at once (used by ``stop()`` against a black-holed brain).
+Owned by the runtime's I/O thread. Only ``abort()`` may be called from another thread: it shuts
+the socket down so a blocked send or receive returns at once (used by ``stop()`` against a
+black-holed brain).
 """
 
 from __future__ import annotations
@@ -10,36 +12,31 @@ import select
 import socket
 import ssl
 import struct
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
 
 import websocket
 
-from .protocol import BackoffClass, classify_close, classify_http_status, describe_close
+from ..protocol import (
+    BackoffClass,
+    Frame,
+    FrameType,
+    classify_close,
+    classify_http_status,
+    describe_close,
+    encode_unsigned,
+    new_frame_id,
+)
+from .base import Outgoing, Receipt, SessionInfo, TlsSettings, Transport, TransportError
+from .handshake import read_hello_ack
 
 # Largest inbound message we accept (the brain's own commands are tiny; 1 MiB like the reference).
 MAX_INBOUND_BYTES = 1_048_576
-
-
-class TransportError(Exception):
-    """The connection failed or ended. ``backoff`` says how long to wait before the next try."""
-
-    def __init__(self, message: str, backoff: BackoffClass = BackoffClass.CONNECTION, close_code: int | None = None) -> None:
-        super().__init__(message)
-        self.backoff = backoff
-        self.close_code = close_code
-
-
-@dataclass(frozen=True, slots=True)
-class TlsSettings:
-    verify: bool = True
-    ca_bundle: str | None = None
-
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.ca_bundle)
-        if not self.verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+# Statuses a brain itself answers an upgrade with for credentials; any other plain HTTP answer
+# comes from something on the path that does not pass WebSocket upgrades.
+_AUTH_STATUSES = frozenset({401, 403})
 
 
 class Connection:
@@ -67,7 +64,8 @@ class Connection:
             )
         except websocket.WebSocketBadStatusException as exc:
             status = getattr(exc, "status_code", None)
-            raise TransportError(f"upgrade refused with HTTP {status}", classify_http_status(status)) from None
+            raise TransportError(f"upgrade refused with HTTP {status}", classify_http_status(status),
+                                 upgrade_refused=status not in _AUTH_STATUSES) from None
         except ssl.SSLError as exc:
             raise TransportError(f"TLS failure: {exc.reason or type(exc).__name__}") from None
         except (OSError, websocket.WebSocketException) as exc:
@@ -120,7 +118,7 @@ class Connection:
             code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
             self.close(code or 1000)
             backoff = classify_close(code, during_handshake=self.handshake_phase)
-            raise TransportError(f"brain closed the session: {describe_close(code)}", backoff, code)
+            raise TransportError(f"brain closed the session ({code}): {describe_close(code)}", backoff, code)
         if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
             data = frame.data
             if len(data) > MAX_INBOUND_BYTES:
@@ -156,3 +154,71 @@ class Connection:
         if self._ws is None:
             raise TransportError("not connected")
         return self._ws
+
+
+class WebSocketTransport(Transport):
+    name = "ws"
+
+    def __init__(self, url: str, token: str, key: bytes, *, timeout: float = 10.0, tls: TlsSettings | None = None,
+                 heartbeat_default: float = 10.0, stopping: threading.Event | None = None) -> None:
+        super().__init__(key)
+        self.url = url
+        self._conn = Connection(url, token, timeout=timeout, tls=tls)
+        self._heartbeat_default = heartbeat_default
+        self._stopping = stopping or threading.Event()
+
+    def __repr__(self) -> str:
+        return f"WebSocketTransport(url={self.url!r}, open={self._conn.is_open})"
+
+    def open(self) -> None:
+        self._conn.open()
+
+    def handshake(self, hello: Mapping[str, Any], timeout: float) -> SessionInfo:
+        self._conn.send(encode_unsigned(FrameType.HELLO, new_frame_id("hello_", 16), dict(hello)))
+        deadline = time.monotonic() + timeout
+        sent_at = time.time()
+        data = None
+        while data is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no hello_ack within {timeout:.0f} s")
+            data = self._conn.recv(min(remaining, 0.25))
+            if data is None and self._stopping.is_set():
+                raise TimeoutError("stopping during the handshake")
+        try:
+            ack = read_hello_ack(data, default_heartbeat=self._heartbeat_default)
+        except TransportError:
+            self._conn.close(1002)
+            raise
+        self._conn.handshake_phase = False
+        offset = None if ack.brain_time is None else ack.brain_time - (sent_at + time.time()) / 2
+        return self._bind(SessionInfo(self.name, ack.binding, ack.heartbeat_interval, ack.max_frame,
+                                      ack.brain_version, offset))
+
+    def send(self, frame: Outgoing) -> None:
+        data = self._sign(frame)
+        if data is None:
+            return
+        self._conn.send(data)
+        if frame.type != FrameType.EVENT_BATCH.value:
+            # The brain acknowledges only event batches; anything else is delivered once written.
+            self._add_receipt(Receipt(frame.key))
+
+    def receive(self, timeout: float) -> Frame | Receipt | None:
+        receipt = self._next_receipt()
+        if receipt is not None:
+            return receipt
+        data = self._conn.recv(timeout)
+        if data is None:
+            return None
+        frame = self._verify(data)
+        return self._ack_receipt(frame) or frame
+
+    def keepalive(self) -> None:
+        self._conn.ping()
+
+    def close(self, code: int = 1000) -> None:
+        self._conn.close(code)
+
+    def abort(self) -> None:
+        self._conn.abort()

@@ -1,0 +1,142 @@
+"""One established session over one transport: the work of RUNNING and DRAINING.
+
+``Session.run`` is the loop of RUNNING: control frames first, heartbeats, event batches, then
+whatever the transport has: verified frames from the brain (dispatched) and receipts for frames
+sent (settled with their owner: the outbox for event batches, ControlFrames for the rest). It
+returns the request that ended it ("stop", "reconnect") and raises for anything else.
+``Session.drain`` is DRAINING: deliver what is buffered until the deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .backoff import SessionEnded
+from .channels import offer
+from .logs import get_logger
+from .protocol import BackoffClass, Frame, FrameType, ProtocolError, classify_error_frame
+from .safety import safe_call
+from .transport import Outgoing, Receipt, SessionInfo, Transport
+
+if TYPE_CHECKING:
+    from .runtime import AgentRuntime
+
+# The runtime's records keep the one logger name operators filter on, whichever module logs them.
+log = get_logger("z4j_bare.runtime")
+
+IDLE_POLL_SECONDS = 0.05
+KEEPALIVE_EVERY_SECONDS = 30.0
+# A sibling agent of this deployment that died leaves its buffer file; look for such orphans.
+ADOPT_EVERY_SECONDS = 60.0
+
+
+class Session:
+    def __init__(self, runtime: AgentRuntime, transport: Transport, info: SessionInfo) -> None:
+        self._rt = runtime
+        self.transport = transport
+        self.info = info
+        self.since = time.monotonic()
+        # Long-poll sends again by itself until the brain accepts; a second copy would only be waste.
+        self._resend = not transport.retries_sends
+
+    def __repr__(self) -> str:
+        return f"Session(transport={self.transport.name!r}, session_id={self.info.session_id!r})"
+
+    def run(self, next_request: Callable[[], str | None]) -> str:
+        """RUNNING: until a request ("stop", "reconnect") ends the session; it is returned."""
+        now = time.monotonic()
+        next_beat, next_keepalive, next_adopt = now, now + KEEPALIVE_EVERY_SECONDS, now + ADOPT_EVERY_SECONDS
+        while True:
+            request = next_request()
+            if request is not None:
+                return request
+            now = time.monotonic()
+            self._send_controls()
+            if now >= next_beat:
+                for frame in self._rt.status_frames(self):
+                    self.transport.send(frame)
+                next_beat = now + self.info.heartbeat_interval
+            if now >= next_keepalive:
+                self.transport.keepalive()
+                next_keepalive = now + KEEPALIVE_EVERY_SECONDS
+            if now >= next_adopt:
+                safe_call(self._rt.buffer.adopt_orphans, site="runtime.adopt_orphans")
+                next_adopt = now + ADOPT_EVERY_SECONDS
+            moved = self._rt.outbox.pump(self.transport.send)
+            if self._resend:
+                self._rt.outbox.resend_due(self.transport.send)
+            self._receive(0.0 if moved else IDLE_POLL_SECONDS)
+
+    def drain(self, deadline: float) -> bool:
+        """DRAINING: deliver what is buffered while the deadline allows; True when all of it went.
+        Whatever is left stays on disk for the next process."""
+        rt = self._rt
+        while time.monotonic() < deadline:
+            self._send_controls()
+            moved = rt.outbox.pump(self.transport.send, linger=False)
+            if not moved and rt.outbox.idle and rt.controls.idle and rt.buffer.depth() == 0:
+                return True
+            self._receive(min(IDLE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        return False
+
+    def _send_controls(self) -> None:
+        self._rt.controls.pump(self.transport.send, resend=self._resend)
+        schedules = self._rt.schedules
+        if schedules is not None:  # its snapshot frames go after the command acks/results, in commit order
+            schedules.pump(self._event_batch, self.transport.send)
+
+    @staticmethod
+    def _event_batch(frame_id: str, events: list[str]) -> Outgoing:
+        return Outgoing(FrameType.EVENT_BATCH.value, frame_id, events=events)
+
+    def _receive(self, timeout: float) -> None:
+        item = self._next(timeout)
+        while item is not None:
+            if isinstance(item, Receipt):
+                self._settle(item)
+            else:
+                self._dispatch(item)
+            item = self._next(0.0)
+
+    def _next(self, timeout: float) -> Frame | Receipt | None:
+        try:
+            return self.transport.receive(timeout)
+        except ProtocolError as exc:
+            # Never act on a frame that failed verification; end the session (fresh seq/nonce windows).
+            log.warning("runtime.inbound_rejected", error_type=type(exc).__name__, reason=str(exc))
+            raise SessionEnded(BackoffClass.CONNECTION, f"inbound frame rejected: {exc}") from None
+
+    def _settle(self, receipt: Receipt) -> None:
+        frame_type, frame_id = receipt.key
+        outbox = self._rt.outbox
+        if frame_type == FrameType.EVENT_BATCH.value and outbox.owns(frame_id):
+            if receipt.delivered:
+                outbox.on_ack(frame_id)
+            else:
+                outbox.on_rejected(frame_id, receipt.reason or "refused by the brain")
+            return
+        if self._rt.controls.settle(receipt.key, delivered=receipt.delivered, reason=receipt.reason):
+            return
+        schedules = self._rt.schedules
+        if frame_type == FrameType.EVENT_BATCH.value and receipt.delivered and schedules is not None:
+            schedules.on_ack(frame_id)
+        # Heartbeats and agent_status have no owner: nothing to settle.
+
+    def _dispatch(self, frame: Frame) -> None:
+        match frame.type:
+            case FrameType.ERROR:
+                code = str(frame.payload.get("code", ""))
+                fatal = frame.payload.get("fatal") is True
+                cls = classify_error_frame(code, fatal)
+                log.warning("runtime.error_frame", code=code, fatal=fatal,
+                            message=str(frame.payload.get("message", ""))[:200])
+                if cls is not None:
+                    raise SessionEnded(cls, f"fatal error frame from brain: {code}")
+            case _ if offer(self._rt.handlers, frame):
+                pass
+            case FrameType.COMMAND:
+                self._rt.commands.submit(frame)
+            case _:
+                log.debug("runtime.inbound_ignored", type=frame.type.value)
