@@ -11,7 +11,9 @@ What it does, with nothing else installed or running:
    line per agent (online, session, buffer depth the agent reports, heartbeats);
 4. "fixes the outage" and retries the failed task **from the brain**, showing the round trip:
    command -> command_ack -> command_result -> the new task's events;
-5. stops the workers (SIGTERM: the agents drain and say goodbye), prints a summary and checks
+5. shows ``celery beat``'s schedule (a beat process with the agent and no engine) in the brain,
+   read-only, and triggers it from the brain: the confirming snapshot, then the worker runs it;
+6. stops the workers (SIGTERM: the agents drain and say goodbye), prints a summary and checks
    it: exit 0 when every check passed, 1 otherwise. Nothing is left behind: the temp Z4J_HOME,
    the broker folder and the demo's Redis keys are removed, and every process group is reaped.
 """
@@ -147,6 +149,10 @@ class Demo:
             extra = ""
             if kind == "task.failed" and data.get("exception"):
                 extra = f"  {str(data.get('exception'))[:60]}"
+            frame = data.get("external_snapshot_frame")
+            if isinstance(frame, dict):  # one frame of a sequenced schedule snapshot
+                name = f"seq {frame.get('sequence')} {frame.get('frame_kind')}"
+                extra = f"{len(frame.get('schedules') or [])} of {frame.get('row_count')} row(s)"
             self.out.line(f"{ev.get('engine', ''):<7} {kind:<16} {name:<14} {task}{extra}", tag="event", code=code)
         self._printed = len(events)
         now = time.monotonic()
@@ -248,6 +254,7 @@ class Demo:
         engines = ["celery"] + (["rq"] if self.redis_url else [])
         for engine in engines:
             self.agents[engine] = self.brain.mint_agent(name=f"demo-{engine}")
+        self.agents["beat"] = self.brain.mint_agent(name="demo-beat")
 
         self._spawn("celery", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "worker",
                                "-Q", self.queue, "-c", "2", "-n", f"demo-{self.tag}@%h", "--loglevel=warning",
@@ -256,7 +263,10 @@ class Demo:
             self._spawn("rq", [sys.executable, "-m", "rq.cli", "worker", "-u", self.redis_url,
                                "-w", "z4j_bare.engines.rq_workers.Worker", "-n", f"demo-{self.tag}",
                                "--logging_level", "WARNING", self.queue])
-        out.line(f"started {' and '.join(engines)} worker subprocess(es); waiting for the agents' handshake")
+        self._spawn("beat", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "beat",
+                             "-s", str(self.tmp / "beat-schedule"), "--loglevel=warning"])
+        out.line(f"started {' and '.join(engines)} worker subprocess(es) and celery beat; waiting for the agents' "
+                 "handshake")
         for engine in engines:
             row = self.wait(f"the {engine} agent to connect", lambda e=engine: self._online(e), 30)
             out.line(f"{engine} agent connected: hello advertises {row['capabilities'].get(engine, [])[:4]}...",
@@ -294,6 +304,8 @@ class Demo:
         if rq_ship:
             self.retry_round_trip("rq", rq_ship, "rq_ship")
 
+        self.beat_round_trip()
+
         out.title("stopping the workers (SIGTERM): the agents drain their buffers and close")
         before = self.brain.event_count()
         stopping = time.monotonic()
@@ -304,6 +316,39 @@ class Demo:
         out.line(f"{self.brain.event_count() - before} more event(s) arrived during shutdown", tag="agent")
         self.verify(engines)
         return self.summary()
+
+    def beat_round_trip(self) -> None:
+        """celery beat's schedule shows up in the brain; the operator triggers it; a worker runs it."""
+        out = self.out
+        out.title("celery beat: its schedule in the brain, triggered by the operator")
+        row = self.wait("beat's schedule to appear in the brain",
+                        lambda: (self.brain.schedules.list() or [None])[0], 30)
+        stream = self.brain.schedules.stream("celery-beat")
+        out.line(f"schedule {row['name']!r}: {row['kind']} {row['expression']!r} -> {row['task_name']}{row['args']} "
+                 f"(source {row['source']}, stream epoch {stream.epoch_number}, sequence {stream.accepted})",
+                 tag="beat", code="36")
+        try:
+            self.brain.schedules.set_enabled(row["id"], False)
+            refused = "not refused"
+        except Exception as exc:  # noqa: BLE001 - the expected refusal
+            refused = str(exc)
+        out.line(f"disable refused by the brain: {refused}", tag="brain")
+        self.check("a static beat schedule is read-only in the brain", "read-only" in refused, refused)
+        started = time.monotonic()
+        command_id = self.brain.schedules.trigger(row["id"])
+        out.line(f"command schedule.external.mutate (trigger) {command_id[:8]} -> beat agent", tag="brain")
+        status = self.brain.schedules.wait_applied(command_id, timeout=min(30, self.remaining(30)))
+        record = self.brain.command(command_id)
+        result = (record.result or {}).get("trigger_result") or {}
+        task_id = (result.get("result") or {}).get("task_id")
+        out.line(f"command_result {record.status} in {(time.monotonic() - started) * 1000:.0f} ms; the confirming "
+                 f"snapshot makes it {status}; task {str(task_id)[:8]} sent", tag="beat", code="36")
+        self.check("the beat trigger was confirmed by the brain (APPLIED)", status == "APPLIED",
+                   f"{status}: {record.error}")
+        if task_id:
+            self.expected[("celery", task_id)] = ("demo.add (beat trigger)", "SUCCESS")
+            self.wait("the triggered task to run on the worker", lambda: self._state("celery", task_id) == "SUCCESS", 30)
+            out.line(f"the worker ran demo.add{tuple(row['args'])} from the trigger: SUCCESS", tag="beat", code="32")
 
     def _online(self, engine: str) -> dict[str, Any] | None:
         row = self.brain.agent(self.agents[engine].agent_id)
@@ -409,7 +454,7 @@ class Demo:
         out.line(f"events delivered to the brain: {len(events)} ({dict(by_engine)})")
         for engine, n in sorted(Counter((e.get("engine"), e.get("kind")) for e in events).items()):
             out.line(f"  {engine[0]:<7} {engine[1]:<18} {n}")
-        for engine in self.agents:
+        for engine in [e for e in self.agents if e != "beat"]:
             states = Counter(t["state"] for t in self.brain.tasks(engine=engine))
             out.line(f"tasks by state ({engine}): {dict(sorted(states.items()))}")
         for c in self.commands:

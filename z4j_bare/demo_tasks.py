@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.schedules import crontab
+from celery.signals import beat_init, worker_init
 
 QUEUE = os.environ.get("Z4J_DEMO_QUEUE", "z4j-demo")
 
@@ -38,6 +39,10 @@ def make_app() -> Celery:
 
 
 app = make_app()
+# The schedule `celery beat` runs in the demo (a static beat_schedule: the brain shows it read-only).
+app.conf.beat_schedule = {
+    "demo-nightly-totals": {"task": "demo.add", "schedule": crontab(minute=0, hour=3), "args": (20, 22)},
+}
 
 
 @worker_init.connect
@@ -52,6 +57,21 @@ def _install_agent(sender=None, **_kwargs):
         import sys
 
         print(f"z4j demo worker: install_agent failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise
+
+
+@beat_init.connect
+def _install_beat_agent(sender=None, **_kwargs):
+    # A beat process hosts a scheduler and no engine: its agent shows beat_schedule in the brain.
+    from z4j_bare import install_agent
+    from z4j_celerybeat import CeleryBeatSchedulerAdapter
+
+    try:
+        install_agent(engines=[], schedulers=[CeleryBeatSchedulerAdapter(celery_app=app)])
+    except Exception as exc:
+        import sys
+
+        print(f"z4j demo beat: install_agent failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         raise
 
 
