@@ -247,3 +247,66 @@ def test_a_polled_scheduler_sends_a_snapshot_only_when_its_rows_change(tmp_path)
         assert lk.stream("bars-memory").accepted == 2 and len(lk.rows()) == 2
     finally:
         lk.channel.stop()
+
+
+def test_periodic_resync_and_coalesced_signals(tmp_path):
+    import time
+
+    from z4j_bare.schedules.channel import ScheduleChannel
+
+    adapter = MemoryAdapter()
+    adapter.add("a", name="first")
+    lk = make_link(tmp_path, [adapter])
+    lk.channel.stop()
+    lk.channel = ScheduleChannel([adapter], ScheduleStore(tmp_path / "p.sqlite"), None, periodic_seconds=0.3,
+                                 send_wait=0.0)
+    lk.channel.start()
+    try:
+        lk.open_session()
+        deadline = time.monotonic() + 10
+        while lk.stream("bars-memory").accepted < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            lk.pump()
+        assert lk.stream("bars-memory").accepted >= 3  # unchanged rows, still re-sent every period
+        reasons = [e["data"]["reason"] for b in lk.batches for e in b["events"]]
+        assert reasons[0] == "activation" and "periodic" in reasons
+    finally:
+        lk.channel.stop()
+
+
+def test_a_burst_of_signals_coalesces_into_one_observation(link, memory):
+    import time
+
+    link.open_session()
+    for i in range(5):
+        memory.add(f"s{i}", name=f"signalled-{i}")
+        memory.sink("created", None)
+    deadline = time.monotonic() + 10
+    while link.stream("bars-memory").accepted < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        link.pump()
+    time.sleep(0.3)
+    link.pump()
+    reasons = [e["data"]["reason"] for b in link.batches for e in b["events"] if e["data"]["external_snapshot_frame"]["frame_kind"] == "terminal"]
+    assert reasons[0] == "activation" and len(reasons) <= 3 and len(link.rows()) == 7
+    assert any(r in ("signal:coalesced", "signal:created") for r in reasons[1:])
+
+
+def test_an_unacked_snapshot_is_sent_again(tmp_path, memory):
+    from z4j_bare.schedules.outbound import ScheduleOutbox
+
+    lk = make_link(tmp_path, [memory])
+    try:
+        now = [0.0]
+        lk.channel.outbox = ScheduleOutbox(lk.channel.store, resend_after=5.0, clock=lambda: now[0])
+        lk.open_session()
+        link_brain = lk.brain
+        sent = []
+        lk.channel.snapshot("bars-memory", "periodic")
+        lk.channel.pump(lambda fid, texts: fid.encode(), sent.append)  # "lost": the brain never sees it
+        assert len(sent) == 1 and lk.channel.pump(lambda fid, texts: fid.encode(), sent.append) == 0
+        now[0] = 6.0
+        assert lk.channel.pump(lambda fid, texts: fid.encode(), sent.append) == 1 and sent[1] == sent[0]
+        assert link_brain.stream("default", "bars-memory").accepted == 1
+    finally:
+        lk.channel.stop()
