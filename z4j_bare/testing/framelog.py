@@ -73,6 +73,10 @@ class FrameLog:
         with self._lock:
             self._out.append((time.time(), ftype, frame_id, agent_id, session_id, data))
 
+    def session_sent(self, data: bytes, ftype: str, frame_id: str, session: Any) -> None:
+        """``Session(on_send=...)``: log a frame a session sends (``frames_sent()``)."""
+        self.log_out(data, ftype, frame_id, session.agent.agent_id, session.session_id)
+
     def received(self, ftype: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             entries = list(self._in)

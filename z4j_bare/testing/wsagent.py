@@ -190,7 +190,7 @@ class AgentSocket:
     async def _send_hello_ack(self, ws: ServerConnection, agent: AgentRow, hello: dict[str, Any]) -> Session:
         sess = Session(WsChannel(ws, self), agent, hello,
                        self._faults.advertise_max_frame_size or self._settings.max_frame_size,
-                       strict=self._settings.strict_verify, on_send=self._log_out)
+                       strict=self._settings.strict_verify, on_send=self._log.session_sent)
         ack_id = "hack_" + uuid.UUID(sess.session_id).hex[:12]
         ack = wire.unsigned(FrameType.HELLO_ACK.value, ack_id, {
             "protocol_version": hello["protocol_version"],
@@ -214,9 +214,6 @@ class AgentSocket:
         await self._hub.opened(sess)
         await self._commands.dispatch_pending(sess.agent.agent_id)
         return True
-
-    def _log_out(self, data: bytes, ftype: str, frame_id: str, sess: Session) -> None:
-        self._log.log_out(data, ftype, frame_id, sess.agent.agent_id, sess.session_id)
 
     # -- after the handshake -------------------------------------------------------------------
 
