@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The engines' oldest supported releases (the extras' lower bounds), in a second virtualenv.
+OLDEST := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed
+ENGINE_TESTS := tests/test_celery_adapter.py tests/test_celery_worker.py tests/test_celerybeat_adapter.py \
+	tests/test_rq_e2e.py tests/test_rq_unit.py tests/test_rqscheduler_adapter.py
 
-.PHONY: demo test test-fast interop bench services docs-check clean
+.PHONY: demo test test-fast test-oldest interop bench services docs-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +23,18 @@ services:
 demo: $(STAMP)
 	$(PY) -m z4j_bare demo
 
+$(OLDEST_STAMP): pyproject.toml constraints-oldest.txt
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST)/bin/python -m pip install -q -e '.[test]' -c constraints-oldest.txt
+	touch $(OLDEST_STAMP)
+
 test: $(STAMP) services
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(MAKE) test-oldest
+
+test-oldest: $(OLDEST_STAMP) services
+	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider -m "not interop" $(ENGINE_TESTS)
 
 test-fast: $(STAMP) services
 	$(PY) -m pytest -q -p no:cacheprovider -m "not interop and not slow"
@@ -34,4 +49,4 @@ docs-check: $(STAMP)
 	$(PY) scripts/gen_config_docs.py --check
 
 clean:
-	rm -rf $(VENV) .bench .interop build *.egg-info
+	rm -rf $(VENV) $(OLDEST) .bench .interop build *.egg-info

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="z4j-bare", description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"z4j-bare {__version__}")
     parser.add_argument("--log-level", choices=LEVELS, default=None,
                         help="log level on stderr (default: info for run, warning otherwise)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
