@@ -47,7 +47,7 @@ def unique(prefix: str) -> str:
 
 def _env(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k.startswith("Z4J_TEST_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO_DIR)])
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR / "interop" / "hostlog"), str(TESTS_DIR), str(REPO_DIR)])
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
