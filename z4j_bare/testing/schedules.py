@@ -111,7 +111,7 @@ class BrainSchedules:
                 stream.epoch_uuid, stream.epoch_number = str(uuid.uuid4()), self._epochs
                 stream.adapter_instance_id = str(uuid.uuid4())
                 stream.caps = sorted(set(owner_caps) & NEGOTIABLE)
-                stream.accepted, stream.staged = 0, {}
+                stream.accepted, stream.staged, stream.applied, stream.snapshots = 0, {}, {}, {}  # per epoch
                 target = {"type": "scheduler", "id": owner, "scheduler": owner}
                 out.append((target, {
                     "scheduler": owner, "owner": owner, "source_scope": source_scope(owner),
