@@ -160,3 +160,54 @@ def test_control_of_a_scheduler_without_native_writes(real_brain: RealBrain):
         assert len(controls) == 2 and all(c["status"] == "completed" for c in controls), controls
     finally:
         runtime.stop()
+
+
+def test_sigkill_after_reserving_a_sequence_then_restart_is_accepted(real_brain: RealBrain, tmp_path):
+    """The agent dies right after committing a snapshot's sequence and frames, before sending them;
+    the restarted agent gets a new epoch, and the brain accepts its stream (trigger APPLIED)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    creds = real_brain.mint_agent(project=PROJECT, name="sigkill-restart")
+    tests = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k.startswith("Z4J_TEST_")}
+    env.update(Z4J_BRAIN_URL=creds.brain_url, Z4J_TOKEN=creds.token, Z4J_HMAC_SECRET=creds.hmac_secret,
+               Z4J_PROJECT_ID=creds.project_id, Z4J_HOME=str(tmp_path / "home"),
+               PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent)]))
+
+    def start(**extra):
+        return subprocess.Popen([sys.executable, str(tests / "schedule_agent_proc.py")], env={**env, **extra},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def mine():
+        return [r for r in _schedules(real_brain) if r["scheduler"] == "bars-memory"]
+
+    proc = start(Z4J_TEST_KILL_AFTER_RESERVE="1")
+    try:
+        _wait(lambda: len(mine()) == 2, 60, "the first process's 2 schedules")
+        try:  # documented to answer 500 on SQLite after it issued the command (schedules.md 9 item 10)
+            real_brain.request("POST", f"/projects/{PROJECT}/schedules:resync", {})
+        except BrainHTTPError as exc:
+            assert exc.status == 500, exc
+        assert proc.wait(60) == -9, proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc = start()
+    try:
+        row = _wait(lambda: next((r for r in mine() if r["name"] == "nightly"), None), 60, "the row after restart")
+        def triggered():
+            before = _mutate_ids(real_brain)
+            try:
+                real_brain.request("POST", f"/projects/{PROJECT}/schedules/{row['id']}/trigger", {})
+            except BrainHTTPError as exc:  # 409 until the new epoch's stream is active
+                return None if exc.status == 409 else exc
+            return _mutate_command(real_brain, before)
+
+        command = _wait(triggered, 60, "a trigger accepted by the restarted agent's stream")
+        assert _native_status(real_brain, command["id"]) == "APPLIED"
+    finally:
+        proc.kill()
+        proc.wait(10)
