@@ -125,8 +125,10 @@ def test_every_lifecycle_kind_with_its_fields(brain, app, cmd):
 
 
 def test_two_worker_processes_share_one_session(brain, app, cmd):
+    # Each process holds at most 4 messages (prefetch = 2 x threads): with 8 one-second messages
+    # the second process must take the rest while the first is busy.
     keys = [f"share-{i}" for i in range(8)]
-    sent = [app.actors["sleepy"].send(0.4, key) for key in keys]
+    sent = [app.actors["sleepy"].send(1.0, key) for key in keys]
     for message in sent:
         state(brain, message.message_id, "SUCCESS")
     pids = {events(brain, m.message_id)["task.started"]["pid"] for m in sent}
@@ -134,8 +136,9 @@ def test_two_worker_processes_share_one_session(brain, app, cmd):
     online = {e["data"]["pid"] for e in brain.events(engine=ENGINE, kind="worker.online")}
     assert pids <= online
     agent = brain.agent(cmd.creds.agent_id)
-    assert agent["sessions"] == 1 and agent["online"]
+    assert agent["open_sessions"] == 1 and agent["online"]
     assert agent["hello"]["engines"] == ["dramatiq"]
+    assert agent["hello"]["worker_pid"] not in online  # the session is the agent process's
     health = {k: v for k, v in agent["last_heartbeat"]["adapter_health"].items() if k.startswith("dramatiq.")}
     assert health["dramatiq.broker_type"] == "redis" and health["dramatiq.broker_connected"] == "True"
     assert app.QUEUE in health["dramatiq.queue_depths"]

@@ -12,7 +12,7 @@ Everyone finds the family buffer without talking to anyone: its name is derived 
 configuration (home or buffer_path, and the deployment id of the HMAC key) and the supervisor's
 pid, which every worker and fork process sees as its parent. The agent process stops once the
 supervisor asked it to and no worker is left writing (each worker holds the buffer's shared
-"writer" lock for its whole life; see ``buffer_files``).
+"writer" lock for its whole life; see ``storage/locks``).
 
 This module stays below the runtime: the agent process's entry point (which calls
 ``install_agent``) lives in the ``z4j_dramatiq`` package and registers itself here.
@@ -20,7 +20,6 @@ This module stays below the runtime: the agent process's entry point (which call
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import multiprocessing
 import os
@@ -49,6 +48,7 @@ _lock = threading.Lock()
 _role_override: str | None = None
 _agent_entry: Callable[[], int] | None = None
 _adapters: dict[int, Any] = {}
+_FLOCK = "hhqqi"  # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
 
 
 # -- roles ---------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def family_paths(config: Config, supervisor_pid: int) -> FamilyPaths:
             first = Path.cwd() / first
         name = f"{first.stem}-dramatiq-{supervisor_pid}{first.suffix or '.sqlite'}"
         return FamilyPaths(first.with_name(name), deployment)
-    from ..buffer_files import z4j_home
+    from ..storage.location import z4j_home
 
     home = Path(config.home) if config.home is not None else z4j_home()  # as open_for_deployment does
     return FamilyPaths(home / f"buffer-{deployment}-dramatiq-{supervisor_pid}.sqlite", deployment)
@@ -145,12 +145,11 @@ def open_writer_sink(config: Config, engine: str) -> EventSink:
     """A worker process's sink: the family buffer opened as a non-owner writer."""
     from ..buffer import BufferStorageError, BufferStore
     from ..safety import set_strict_mode
+    from ..storage.location import check_private_dir, fallback_root
     from .base import EventSink
 
     if config.strict_mode:
         set_strict_mode(True)
-    from ..buffer_files import check_private_dir, fallback_root
-
     paths = family_paths(config, os.getppid())
     path = paths.buffer
     if check_private_dir(path.parent) is not None:
@@ -167,7 +166,7 @@ def open_writer_sink(config: Config, engine: str) -> EventSink:
             buffer = BufferStore(path, owner=False, deployment=paths.deployment, **caps)
             return EventSink(engine, buffer, build_redactor(config))
         except BufferStorageError as exc:
-            # The agent process probing for writers, or setting aside a damaged file, holds the
+            # An owner setting aside a damaged file, or an adopter checking an orphan, holds the
             # lock for an instant: try again for a second before giving up.
             last = exc
             time.sleep(0.02)
@@ -178,29 +177,24 @@ def open_writer_sink(config: Config, engine: str) -> EventSink:
 def writers_present(buffer_path: Path) -> bool | None:
     """True while some process holds the family buffer's writer lock; None if unknowable.
 
-    Takes the writers byte exclusively for an instant (and gives it back): possible only when no
-    worker process holds its shared writer lock, i.e. every worker has exited.
+    Asked with ``F_OFD_GETLK`` (would an exclusive lock on the writers byte conflict?), so the
+    probe never takes the lock and never gets in the way of a worker opening the buffer.
     """
-    setlk = getattr(fcntl, "F_OFD_SETLK", None)
-    if setlk is None:
+    getlk = getattr(fcntl, "F_OFD_GETLK", None)
+    if getlk is None:
         return None
     lock_path = buffer_path.with_name(buffer_path.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return False
     except OSError:
         return None
     try:
-        arg = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 1, 1, 0)
-        try:
-            fcntl.fcntl(fd, setlk, arg)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return True
-            return None
-        fcntl.fcntl(fd, setlk, struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, 1, 1, 0))
-        return False
+        answer = fcntl.fcntl(fd, getlk, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 1, 1, 0))
+        return struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK
+    except OSError:
+        return None
     finally:
         os.close(fd)
 
