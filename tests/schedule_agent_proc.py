@@ -11,6 +11,7 @@ import signal
 import time
 
 from schedule_harness import MemoryAdapter
+
 from z4j_bare import install_agent
 from z4j_bare.schedules.store import ScheduleStore
 

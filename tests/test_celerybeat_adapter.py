@@ -10,8 +10,8 @@ import celery.schedules
 import pytest
 from celery import Celery
 from celery.schedules import crontab
-
 from celery_app.harness import BACKEND, REDIS_BROKER, Worker, unique_queue
+
 from z4j_bare.protocol.schedules import normalize_external_schedule
 from z4j_bare.schedulers.celerybeat import CeleryBeatSchedulerAdapter, StaticBeatScheduleSource, static_external_id
 from z4j_celerybeat import CeleryBeatSchedulerAdapter as Shim
@@ -22,7 +22,7 @@ NAMESPACE = {"crontab": crontab, "timedelta": timedelta, "celery": celery}
 
 def _entry(vector):
     entry = dict(vector["entry"])
-    entry["schedule"] = eval(entry["schedule"], NAMESPACE)  # noqa: S307 - vector text, fixed namespace
+    entry["schedule"] = eval(entry["schedule"], NAMESPACE)
     return entry
 
 

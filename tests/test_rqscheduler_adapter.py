@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rq import Queue
 from rq.job import Job
+from rq_app.harness import REDIS_URL, REPO_DIR, connection, flush_queues, run_burst, unique_queue, worker_env
 from rq_scheduler import Scheduler
 
-from rq_app.harness import REDIS_URL, REPO_DIR, connection, flush_queues, run_burst, unique_queue, worker_env
 from z4j_bare.protocol.schedules import CAP_MUTATION, normalize_external_schedule
 from z4j_bare.schedulers.rq_inventory import PAUSED_SUFFIX, source_config
 from z4j_bare.schedules.model import ConflictError
@@ -129,7 +129,7 @@ def test_plain_mode_never_deletes_on_disable_and_deletes_only_when_asked(conn):
 def _rqscheduler_burst() -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(__import__("sys").executable).with_name("rqscheduler")), "--url", REDIS_URL,
                            "--burst", "--quiet"], env=worker_env({}), cwd=REPO_DIR, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
 
 
 def test_managed_disable_and_enable_change_what_rq_scheduler_runs(conn):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from schedule_harness import MemoryAdapter, make_link
+
 from z4j_bare.protocol.schedules import RUNTIME_FEATURE, external_digest
 from z4j_bare.redaction import Redactor
 from z4j_bare.schedules.store import ScheduleStore
@@ -212,7 +212,7 @@ def test_legacy_trigger_now_calls_the_adapter(link, memory):
     link.open_session()
     status, result, _ = link.command("schedule.trigger_now", {"schedule_id": "mem-2", "scheduler": "bars-memory"},
                                      {"type": "schedule", "id": "x", "scheduler": "bars-memory"})
-    assert status == "success" and memory.triggered == ["mem-2"]
+    assert status == "success" and memory.triggered == ["mem-2"] and result["schedule_id"] == "mem-2"
     status, _, error = link.command("schedule.nope", {}, {})
     assert status == "failed" and "unrecognized schedule action" in error
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from celery import Celery
 from celery.schedules import crontab
-from rq_scheduler import Scheduler
-
 from celery_app.harness import BACKEND, REDIS_BROKER, Worker, unique_queue
 from rq_app.harness import connection, flush_queues
+from rq_scheduler import Scheduler
 from schedule_harness import MemoryAdapter
+
 from z4j_bare import RuntimeState, install_agent
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
@@ -22,7 +22,7 @@ from z4j_bare.testing import LocalBrain
 from z4j_celerybeat import CeleryBeatSchedulerAdapter
 from z4j_rqscheduler import RqSchedulerAdapter
 
-FAST = dict(heartbeat_seconds=1.0, stop_timeout=3.0, backoff_max_connection=1.0, backoff_max_protocol=1.0)
+FAST = {"heartbeat_seconds": 1.0, "stop_timeout": 3.0, "backoff_max_connection": 1.0, "backoff_max_protocol": 1.0}
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import pytest
 import redis
 from celery import Celery
 from celery.schedules import crontab
+from celery_app.harness import BACKEND, REDIS_BROKER, Worker, unique_queue
 from rq_scheduler import Scheduler
 
-from celery_app.harness import BACKEND, REDIS_BROKER, Worker, unique_queue
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
 from z4j_bare.schedulers.rq_inventory import PAUSED_SUFFIX
@@ -92,7 +92,8 @@ def test_schedules_listed_triggered_and_disabled_through_the_brain(real_brain: R
     runtime = build_runtime(config, [], schedulers=[
         CeleryBeatSchedulerAdapter(celery_app=app), RqSchedulerAdapter(scheduler=scheduler, managed=True)]).start()
     try:
-        rows = _wait(lambda: (lambda r: r if len(r) == 3 else None)(_schedules(real_brain)), 60, "3 schedules listed")
+        rows = _wait(lambda: _schedules(real_brain) if len(_schedules(real_brain)) == 3 else None, 60,
+                     "3 schedules listed")
         by_name = {r["name"]: r for r in rows}
         beat = by_name["it-add-hourly"]
         assert beat["source"] == "celery-beat:static" and beat["kind"] == "cron" and beat["expression"] == "7 */6 * * *"

@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 from .canonical import canonical_text
@@ -210,7 +211,7 @@ def storable_problem(row: Mapping[str, Any]) -> str | None:
 def _sorted_rows(schedules: Iterable[Mapping[str, Any]], owner: str) -> list[dict[str, Any]]:
     rows = [normalize_external_schedule(row, owner) for row in schedules]
     rows.sort(key=lambda r: r["source_key"])
-    for a, b in zip(rows, rows[1:], strict=False):
+    for a, b in pairwise(rows):
         if a["source_key"] == b["source_key"]:
             raise ExternalScheduleProtocolError("projection repeats an external source key")
     return rows

@@ -45,7 +45,7 @@ def read_entries(scheduler: Any, pipe: Any, with_paused: bool) -> dict[str, Entr
     paused = {_text(m): s for m, s in pipe.zrange(paused_key, 0, -1, withscores=True)} if with_paused else {}
     both = set(active) & set(paused)
     if both:
-        raise NativeScheduleError(f"RQ schedule {sorted(both)[0]!r} is both active and paused")
+        raise NativeScheduleError(f"RQ schedule {min(both)!r} is both active and paused")
     ids = sorted(set(active) | set(paused))
     job_class = scheduler.job_class
     if ids:
@@ -98,7 +98,7 @@ def entry_schedule(entry: Entry) -> Schedule:
         id=str(uuid.uuid5(uuid.NAMESPACE_URL, "rq-scheduler:" + job.id)), engine="rq", scheduler="rq-scheduler",
         name=meta.get(META_NAME) or f"{func_name[:90]} [{job.id[:90]}]", task_name=meta.get(META_TASK) or func_name,
         kind=kind, expression=str(cron or interval or when.isoformat()), timezone="UTC",
-        queue=meta[META_QUEUE] if META_QUEUE in meta else job.origin, args=list(job.args), kwargs=dict(job.kwargs),
+        queue=meta.get(META_QUEUE, job.origin), args=list(job.args), kwargs=dict(job.kwargs),
         is_enabled=entry.enabled, next_run_at=when if entry.enabled else None, external_id=job.id, source=SOURCE,
         source_hash=hashlib.sha256(canonical_external_json(source_config(job))).hexdigest(),
     )
