@@ -35,7 +35,8 @@ COLUMNS = ("rss_kib", "fds", "threads", "buffer_depth", "spool_files")
 
 def start_agent(env: dict[str, str], home: Path, tmpfs_mib: int, rate: float, every: float) -> subprocess.Popen:
     inner = " && ".join([
-        f"mount -t tmpfs -o size={tmpfs_mib}m z4j-soak {shlex.quote(str(home))}",
+        # mode 0700: the buffer refuses a world-writable home (it would relocate off the tmpfs)
+        f"mount -t tmpfs -o size={tmpfs_mib}m,mode=0700 z4j-soak {shlex.quote(str(home))}",
         f"exec {shlex.quote(sys.executable)} -m bench.soak_agent --rate {rate} --every {every}",
     ])
     return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in agent.stdout:
             rec = json.loads(line)
             records.append(rec)
+            if rec["kind"] == "started" and not rec["buffer_path"].startswith(str(home) + "/"):
+                print(f"the buffer is not on the soak's tmpfs: {rec['buffer_path']}", flush=True)
+                agent.kill()
             if rec["kind"] == "status":
                 print(" ".join(f"{k}={rec.get(k)}" for k in ("t", "emitted", "state", *COLUMNS)), flush=True)
             else:

@@ -140,6 +140,7 @@ def main() -> int:
         while not producer.halt.wait(args.every):
             say({"kind": "status", **status(runtime, producer, home, started)})
 
+    say({"kind": "started", "buffer_path": str(runtime.buffer.path)})
     threading.Thread(target=report, name="soak-report", daemon=True).start()
     for line in sys.stdin:
         word = line.strip()
