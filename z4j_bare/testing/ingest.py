@@ -199,8 +199,7 @@ def prepare_batch(
     notes: list[dict[str, Any]] = []
     kept = 0
     pos = next_pos
-    kinds, states, sha1, unpack, pack = EVENT_KINDS, TASK_STATES, hashlib.sha1, _unpack_id, _pack_id
-    known, seconds = positions.get, _SECONDS.get
+    kinds, states, known = EVENT_KINDS, TASK_STATES, positions.get
     name_prefix = _NS_BYTES + f"{project_id}:".encode()
     try:
         for idx, ev in enumerate(events):
@@ -216,34 +215,7 @@ def prepare_batch(
             task_id = ev.get("task_id")
             if type(task_id) is not str:
                 task_id = "" if task_id is None else str(task_id)
-            occurred = ev.get("occurred_at")
-            ts = None
-            # Fast path for the agent's own format ("YYYY-MM-DDTHH:MM:SS.ffffff+00:00" or "...Z"):
-            # exactly what datetime.fromisoformat(...).timestamp() returns, computed from the cached
-            # whole seconds; anything else takes occurred_at_seconds.
-            if type(occurred) is str and (
-                (len(occurred) == 32 and occurred[26:] == "+00:00") or (len(occurred) == 27 and occurred[26] == "Z")
-            ) and occurred[19] == ".":
-                frac = occurred[20:26]
-                if frac.isascii() and frac.isdigit():
-                    whole = seconds(occurred[:19])
-                    if whole is None:
-                        whole = _prefix_seconds(occurred[:19])
-                    if whole is not None:
-                        ts = (whole * 1_000_000 + int(frac)) / 1_000_000
-                        if ts < low or ts > high:
-                            ts = now
-            if ts is None:
-                ts = occurred_at_seconds(occurred, now)
-            if task_id:
-                # Inlined uuid5 (see _uuid5_bytes): this loop is the ingest hot path.
-                hi, lo = unpack(sha1(name_prefix + f"{engine}:{task_id}:{kind}:{int(ts)}".encode()).digest())
-                hi = (hi & 0xFFFFFFFFFFFF0FFF) | 0x5000
-                eid = pack(hi, (lo & 0x3FFFFFFFFFFFFFFF) | 0x8000000000000000)
-                key = hi - 0x10000000000000000 if hi >> 63 else hi
-            else:
-                eid = event_id_bytes(project_id, engine, task_id, kind, ts, ev.get("id"))
-                key = int.from_bytes(eid[:8], "big", signed=True)
+            ts, eid, key = _identity(ev, name_prefix, project_id, engine, task_id, kind, now, low, high)
             ref = known(key)
             if ref is None:
                 ref = positions[key] = pos
@@ -265,6 +237,43 @@ def prepare_batch(
         forget(positions, rows)
         raise
     return PreparedBatch(rows, tasks, notes, kept)
+
+
+def _occurred_ts(occurred: Any, now: float, low: float, high: float) -> float:
+    """``occurred_at_seconds`` with a fast path for the agent's own format.
+
+    "YYYY-MM-DDTHH:MM:SS.ffffff+00:00" or "...Z": exactly what datetime.fromisoformat(...)
+    .timestamp() returns, computed from the cached whole seconds.
+    """
+    if type(occurred) is str and (
+        (len(occurred) == 32 and occurred[26:] == "+00:00") or (len(occurred) == 27 and occurred[26] == "Z")
+    ) and occurred[19] == ".":
+        frac = occurred[20:26]
+        if frac.isascii() and frac.isdigit():
+            whole = _SECONDS.get(occurred[:19])
+            if whole is None:
+                whole = _prefix_seconds(occurred[:19])
+            if whole is not None:
+                ts = (whole * 1_000_000 + int(frac)) / 1_000_000
+                return now if ts < low or ts > high else ts
+    return occurred_at_seconds(occurred, now)
+
+
+def _identity(ev: dict[str, Any], name_prefix: bytes, project_id: str, engine: str, task_id: str, kind: str,
+              now: float, low: float, high: float) -> tuple[float, bytes, int]:
+    """An event's occurred_at seconds, its 16-byte dedupe id and its row key (one call per event).
+
+    ``name_prefix`` is the namespace bytes + "<project_id>:".
+    """
+    ts = _occurred_ts(ev.get("occurred_at"), now, low, high)
+    if task_id:
+        # Inlined uuid5 (see _uuid5_bytes): this is on the ingest hot path.
+        hi, lo = _unpack_id(hashlib.sha1(name_prefix + f"{engine}:{task_id}:{kind}:{int(ts)}".encode()).digest())
+        hi = (hi & 0xFFFFFFFFFFFF0FFF) | 0x5000
+        eid = _pack_id(hi, (lo & 0x3FFFFFFFFFFFFFFF) | 0x8000000000000000)
+        return ts, eid, hi - 0x10000000000000000 if hi >> 63 else hi
+    eid = event_id_bytes(project_id, engine, task_id, kind, ts, ev.get("id"))
+    return ts, eid, int.from_bytes(eid[:8], "big", signed=True)
 
 
 def forget(positions: dict[int, int], rows: Sequence[tuple]) -> None:
