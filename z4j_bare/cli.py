@@ -44,6 +44,21 @@ docs: docs/cli.md, docs/troubleshooting.md
 """
 
 
+_DOCTOR_DESCRIPTION = """\
+Probe, in order: config, buffer_dir, dns, tcp, tls, websocket, hello (the token), hmac (a signed
+round trip proving the secret) and runtime (a real agent runtime; its state trace is printed).
+On a terminal each stage is printed as soon as it finishes. Exit 0 when nothing failed, 1
+otherwise. See docs/troubleshooting.md.
+
+What the brain sees: config, buffer_dir, dns, tcp and tls send nothing to it. websocket, hello,
+hmac and runtime open sessions with the brain as this agent: the brain marks the agent online
+and shows the doctor's engine list ("doctor", no capabilities) until the real worker's next
+hello, so run the full doctor before starting the worker (or restart the worker after it). The
+hmac stage's signed batch is empty (nothing is stored); a command the brain has pending for the
+agent is answered "failed" (not executed). --no-websocket stops after tls: nothing is sent.
+"""
+
+
 def _add_connection_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (each falls back to its Z4J_* environment variable)")
     g.add_argument("--brain-url", metavar="URL", help="brain base URL, e.g. https://z4j.example.com (Z4J_BRAIN_URL)")
@@ -52,6 +67,20 @@ def _add_connection_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--project-id", metavar="SLUG", help="project slug (Z4J_PROJECT_ID)")
     g.add_argument("--agent-name", metavar="NAME", help="display name of this agent (Z4J_AGENT_NAME)")
     g.add_argument("--home", metavar="DIR", help="agent state directory holding the buffer (Z4J_HOME; default ~/.z4j)")
+
+
+def _as_flags(message: str) -> str:
+    """A configuration error's "pass token=" reads "pass --token" for the options that have a flag."""
+    import re
+
+    flags = ("brain_url", "token", "hmac_secret", "project_id", "agent_name", "home")
+
+    def flag(m: re.Match[str]) -> str:
+        return m.group(0) if m.group(2) not in flags else f"{m.group(1)} --{m.group(2).replace('_', '-')}"
+
+    message = re.sub(r"(pass) (\w+)=", flag, message)
+    message = re.sub(r"(from) the (\w+)= argument", flag, message)
+    return message.replace("pass the option as a keyword argument", "pass its flag (z4j-bare run --help)")
 
 
 def _connection_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,10 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("doctor", help="check config, buffer dir, DNS, TCP, TLS, WebSocket, token and HMAC secret",
-                       description="Probe, in order: config, buffer_dir, dns, tcp, tls, websocket, hello (the token), "
-                       "hmac (a signed round trip proving the secret) and runtime (a real agent runtime; its state "
-                       "trace is printed). Exit 0 when nothing failed, 1 otherwise. See docs/troubleshooting.md.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=_DOCTOR_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_connection_flags(p)
     p.add_argument("--no-websocket", action="store_true",
                    help="stop after DNS/TCP/TLS: no WebSocket, no hello, no signed frames, no runtime")
@@ -121,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the agent, protocol and Python versions")
     p.add_argument("--json", action="store_true", help="JSON output")
+    for command in sub.choices.values():  # a global flag is accepted after the command too
+        command.add_argument("--log-level", choices=LEVELS, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -139,12 +167,23 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .diagnostics import run_doctor
+    from .diagnostics import render_header, render_probe, run_doctor
 
+    live = not args.json and sys.stdout.isatty()  # a person watching: each stage as it finishes
+
+    def show(probe: Any) -> None:
+        sys.stdout.write("\n".join(render_probe(probe)) + "\n")
+        sys.stdout.flush()
+
+    if live:
+        sys.stdout.write(render_header() + "\n")
+        sys.stdout.flush()
     report = run_doctor(_connection_options(args), websocket=not args.no_websocket, timeout=args.timeout,
-                        kwarg_label="flag")
+                        kwarg_label="flag", on_probe=show if live else None)
     if args.json:
         sys.stdout.write(report.to_json() + "\n")
+    elif live:
+        sys.stdout.write(report.render_footer())
     else:
         sys.stdout.write(report.render_text())
     sys.stdout.flush()
@@ -233,7 +272,8 @@ def _load_app(spec: str) -> Any:
     return target
 
 
-def _engines_for(args: argparse.Namespace) -> list[Any]:
+def _wanted_engines(args: argparse.Namespace) -> set[str]:
+    """The engines the flags ask for; ValueError when they do not add up (nothing is imported)."""
     wanted = set(args.engine or [])
     if args.app:
         wanted.add("celery")
@@ -241,26 +281,53 @@ def _engines_for(args: argparse.Namespace) -> list[Any]:
         wanted.add("rq")
     if not wanted:
         raise ValueError("run needs an engine: --app MODULE:ATTR (Celery) and/or --rq-url redis://... (RQ)")
+    if "celery" in wanted and not args.app:
+        raise ValueError("--engine celery needs --app MODULE:ATTR (your Celery application)")
+    if "rq" in wanted and not (args.rq_url or os.environ.get("Z4J_RQ_REDIS_URL", "").strip()):
+        raise ValueError("--engine rq needs --rq-url redis://host:6379/0 (or Z4J_RQ_REDIS_URL)")
+    return wanted
+
+
+def _engines_for(args: argparse.Namespace) -> list[Any]:
+    wanted = _wanted_engines(args)
     engines = []
     if "celery" in wanted:
-        if not args.app:
-            raise ValueError("--engine celery needs --app MODULE:ATTR (your Celery application)")
         from .engines.celery import CeleryEngineAdapter
 
         engines.append(CeleryEngineAdapter(celery_app=_load_app(args.app)))
     if "rq" in wanted:
         url = args.rq_url or os.environ.get("Z4J_RQ_REDIS_URL", "").strip()
-        if not url:
-            raise ValueError("--engine rq needs --rq-url redis://host:6379/0 (or Z4J_RQ_REDIS_URL)")
         from .engines.rq import RqEngineAdapter
 
         engines.append(RqEngineAdapter(redis_url=url, queues=args.rq_queue or None))
     return engines
 
 
+def _start_agent(args: argparse.Namespace) -> Any:
+    """Disabled? Then the configuration and the engine flags, both reported when both are wrong,
+    before any engine is built (an app import error must not hide a configuration error); then
+    the agent. None when Z4J_DISABLED is set."""
+    from .agent import _disabled, install_agent
+    from .config import Config, ConfigError
+
+    if _disabled(None):
+        return None
+    options = {k: v for k, v in _connection_options(args).items() if v is not None}
+    options["stop_timeout"] = args.stop_timeout
+    problems = []
+    for check in (lambda: Config.resolve(**options), lambda: _wanted_engines(args)):
+        try:
+            check()
+        except (ConfigError, ValueError) as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("\nz4j-bare run: ".join(problems))
+    return install_agent(engines=_engines_for(args), **options)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .agent import install_agent
     from .config import ConfigError
+    from .engines.extras import MissingExtra
     from .logs import get_logger
 
     log = get_logger("z4j_bare.cli")
@@ -275,11 +342,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            engines = _engines_for(args)
-            runtime = install_agent(engines=engines, **{k: v for k, v in _connection_options(args).items() if v is not None},
-                                    stop_timeout=args.stop_timeout)
-        except (ConfigError, ValueError, TypeError) as exc:
-            print(f"z4j-bare run: {exc}", file=sys.stderr)
+            runtime = _start_agent(args)
+        except (ConfigError, ValueError, TypeError, MissingExtra) as exc:
+            print(f"z4j-bare run: {_as_flags(str(exc))}", file=sys.stderr)
             return EXIT_USAGE
         except Exception as exc:  # noqa: BLE001 - report, with the type, and exit non-zero
             print(f"z4j-bare run: the agent could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -301,12 +366,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_brain(args: argparse.Namespace) -> int:
-    try:
-        module = importlib.import_module("z4j_bare.testing.cli")
-    except ImportError as exc:
-        print(f"z4j-bare brain: the local brain is unavailable ({exc}); install the extra: "
+    from .engines.extras import missing_modules
+
+    if missing_modules("websockets"):
+        print("z4j-bare brain: the local brain needs websockets, which is not installed: "
               "pip install 'z4j-bare[brain]'", file=sys.stderr)
         return EXIT_USAGE
+    module = importlib.import_module("z4j_bare.testing.cli")
     return _call(module.main, list(args.brain_args))
 
 
@@ -318,6 +384,13 @@ def _call(entry: Any, argv: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .engines.extras import missing_modules
+
+    missing = missing_modules("celery", "websockets", "redis", "rq")
+    if missing:
+        print(f"z4j-bare demo: the demo needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+              "not installed: pip install 'z4j-bare[demo]'", file=sys.stderr)
+        return EXIT_USAGE
     from . import demo
 
     return _call(demo.main, list(args.demo_args))
@@ -334,6 +407,21 @@ def _passthrough_index(argv: list[str]) -> int | None:
     return i if i < len(argv) and argv[i] in ("brain", "demo") else None
 
 
+def _global_flags(tail: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``--log-level X`` / ``--log-level=X`` out of what follows ``brain`` or ``demo``."""
+    flags: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(tail):
+        if tail[i] == "--log-level" and i + 1 < len(tail):
+            flags += tail[i:i + 2]
+            i += 2
+            continue
+        (flags if tail[i].startswith("--log-level=") else rest).append(tail[i])
+        i += 1
+    return flags, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -341,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # leading option such as `demo --no-redis`).
     split = _passthrough_index(argv)
     head, tail = (argv[: split + 1], argv[split + 1:]) if split is not None else (argv, [])
+    flags, tail = _global_flags(tail)
+    head = flags + head
     try:
         args = parser.parse_args(head)
     except SystemExit as exc:  # argparse: --help exits 0, a usage error 2

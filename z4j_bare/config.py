@@ -569,7 +569,29 @@ def _parse_hmac_secret(opt: Option, raw: Any) -> Secret:
     return secret
 
 
-_SPECIAL_PARSERS = {"brain_url": _parse_brain_url, "hmac_secret": _parse_hmac_secret}
+# RFC 6750's b64token: what may follow "Bearer " in the header. The brain's tokens are urlsafe base64.
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/")
+
+
+def _parse_token(opt: Option, raw: Any) -> Secret:
+    """Outer whitespace (a trailing newline from a file) is dropped; anything else that cannot be
+    a bearer token is refused here, before it is put into the Authorization header."""
+    secret = _parse_secret(opt, raw)
+    text = secret.reveal()
+    body = text.rstrip("=")
+    for position, ch in enumerate(body, 1):
+        if ch in _TOKEN_CHARS:
+            continue
+        # Name the kind of character and where, never the token itself.
+        what = ("whitespace" if ch.isspace() else "a control character" if ord(ch) < 32 or ord(ch) == 127
+                else "a character that cannot be in a bearer token")
+        raise _Invalid(f"contains {what} (character {position} of {len(text)})",
+                       "the token exactly as the brain showed it (urlsafe base64: no spaces, line breaks "
+                       "or quotes inside)")
+    return secret
+
+
+_SPECIAL_PARSERS = {"brain_url": _parse_brain_url, "hmac_secret": _parse_hmac_secret, "token": _parse_token}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,14 +143,14 @@ class DoctorReport:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False, default=str)
 
     def render_text(self) -> str:
-        lines = [f"z4j-bare doctor {__version__} (protocol {PROTOCOL_VERSION_TEXT})"
-                 + (f": {self.brain_url}" if self.brain_url else "")]
+        lines = [render_header(self.brain_url)]
         for p in self.probes:
-            lines.append(f"  {p.status.upper():<4}  {p.name:<10} {p.message}")
-            for extra in p.details.get("lines", []):
-                lines.append(f"{'':18}{extra}")
-            if p.fix and p.status in (FAIL, WARN):
-                lines.append(f"{'':18}fix: {p.fix}")
+            lines.extend(render_probe(p))
+        return "\n".join(lines) + "\n" + self.render_footer()
+
+    def render_footer(self) -> str:
+        """What follows the stages: the runtime's state trace and the verdict."""
+        lines = []
         if self.trace:
             lines.append("state trace (a real AgentRuntime, elapsed = time spent in the source state):")
             for edge in self.trace:
@@ -163,6 +163,35 @@ class DoctorReport:
         else:
             lines.append("all green")
         return "\n".join(lines) + "\n"
+
+
+def render_header(brain_url: str | None = None) -> str:
+    return f"z4j-bare doctor {__version__} (protocol {PROTOCOL_VERSION_TEXT})" + (f": {brain_url}" if brain_url else "")
+
+
+def render_probe(p: ProbeResult) -> list[str]:
+    """One stage as text lines: status, name and message, then its details and its fix."""
+    lines = [f"  {p.status.upper():<4}  {p.name:<10} {p.message}"]
+    lines.extend(f"{'':18}{extra}" for extra in p.details.get("lines", []))
+    if p.fix and p.status in (FAIL, WARN):
+        lines.append(f"{'':18}fix: {p.fix}")
+    return lines
+
+
+class _Stages(list):  # type: ignore[type-arg]
+    """The report's stages; each one is also handed to ``on_probe`` the moment it is added."""
+
+    def __init__(self, on_probe: Callable[[ProbeResult], None]) -> None:
+        super().__init__()
+        self._on_probe = on_probe
+
+    def append(self, probe: ProbeResult) -> None:
+        super().append(probe)
+        self._on_probe(probe)
+
+    def extend(self, probes: Iterable[ProbeResult]) -> None:
+        for probe in probes:
+            self.append(probe)
 
 
 class DoctorEngine(EngineAdapter):
@@ -228,44 +257,74 @@ def _buffer_dir(config: Config | None) -> ProbeResult:
         where, origin = Path(config.home), "Z4J_HOME"
     else:
         where, origin = z4j_home(), ("Z4J_HOME" if os.environ.get("Z4J_HOME", "").strip() else "default ~/.z4j")
-    fallback = Path(tempfile.gettempdir()) / f"z4j-{os.geteuid()}"
-    fix = (f"give the agent a persistent directory it owns, e.g. `install -d -m 0700 -o <service-user> "
-           f"/var/lib/z4j` and set Z4J_HOME=/var/lib/z4j (systemd: StateDirectory=z4j plus "
-           f"Environment=Z4J_HOME=%S/z4j). Otherwise the agent falls back to {fallback}, which is "
-           "wiped on reboot when /tmp is a tmpfs: buffered events would be lost")
-    details = {"path": str(where), "origin": origin, "uid": os.geteuid(), "fallback": str(fallback)}
-    if not where.exists():
-        # Never create it here: say whether the agent will be able to.
-        parent = next((p for p in where.parents if p.exists()), None)
-        if parent is not None and os.access(parent, os.W_OK | os.X_OK):
-            return ProbeResult("buffer_dir", PASS, f"{where} does not exist yet; the agent will create it "
-                               f"(mode 0700) under {parent} (from {origin})", None, details, t.ms())
-        return ProbeResult("buffer_dir", FAIL, f"{where} does not exist and cannot be created: {parent} is not "
-                           "writable by this user (typical for service users such as www-data or nobody, whose "
-                           "HOME is not writable, and for systemd DynamicUser)", fix, details, t.ms())
-    reason = check_private_dir(where, create=False)
+    details: dict[str, Any] = {"path": str(where), "origin": origin, "uid": os.geteuid()}
+    existed = where.exists()
+    reason = _try_buffer_dir(where)
     if reason is not None:
-        return ProbeResult("buffer_dir", FAIL, f"the buffer directory is unusable: {reason} "
-                           "(typical for service users such as www-data or nobody, whose HOME is "
-                           "not writable, and for systemd DynamicUser)", fix, details, t.ms())
-    probe = where / f".doctor-{os.getpid()}-{secrets.token_hex(4)}"
+        return _buffer_fallback(where, reason, details, t)
+    usage = shutil.disk_usage(where if where.exists() else next(p for p in where.parents if p.exists()))
+    details["free_bytes"] = usage.free
+    how = "private and writable" if existed else "creatable by the agent (mode 0700)"
+    message = (f"{where} is {how}: a test file was created, written, fsynced and removed "
+               f"({usage.free // 2**20} MiB free; from {origin})")
+    if usage.free < 64 * 2**20:
+        return ProbeResult("buffer_dir", WARN, message, "free some disk space: the buffer may need up to "
+                           "buffer_max_bytes (256 MiB by default)", details, t.ms())
+    return ProbeResult("buffer_dir", PASS, message, None, details, t.ms())
+
+
+def _try_buffer_dir(directory: Path) -> str | None:
+    """Do what the buffer does first, for real: make the directory if needed (mode 0700), check it
+    is private, then create, write, fsync and remove a file in it. Why not, or None. What the
+    probe created is removed again (``os.access`` is no test: root passes it everywhere)."""
+    created: list[Path] = []
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        for missing in reversed([d for d in (directory, *directory.parents) if not d.exists()]):
+            missing.mkdir(mode=0o700)
+            created.append(missing)
+        reason = check_private_dir(directory, create=False)
+        if reason is not None:
+            return reason
+        probe = directory / f".doctor-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, b"z4j")
             os.fsync(fd)
         finally:
             os.close(fd)
             os.unlink(probe)
+        return None
     except OSError as exc:
-        return ProbeResult("buffer_dir", FAIL, f"cannot write in {where}: {exc.strerror or exc}", fix, details, t.ms())
-    usage = shutil.disk_usage(where)
-    details["free_bytes"] = usage.free
-    message = f"{where} is private and writable ({usage.free // 2**20} MiB free; from {origin})"
-    if usage.free < 64 * 2**20:
-        return ProbeResult("buffer_dir", WARN, message, "free some disk space: the buffer may need up to "
-                           "buffer_max_bytes (256 MiB by default)", details, t.ms())
-    return ProbeResult("buffer_dir", PASS, message, None, details, t.ms())
+        return f"cannot {'create' if not directory.exists() else 'write in'} {directory}: {exc.strerror or exc}"
+    finally:
+        for made in reversed(created):
+            try:
+                made.rmdir()
+            except OSError:
+                pass
+
+
+def _buffer_fallback(where: Path, reason: str, details: dict[str, Any], t: _Timer) -> ProbeResult:
+    """The configured directory is unusable: say where the runtime would put the buffer instead."""
+    from .storage.location import fallback_root  # the runtime's own choice of fallback
+
+    fallback = fallback_root()
+    why_not = "no private directory can be made under $TMPDIR" if fallback is None else _try_buffer_dir(fallback)
+    details["fallback"] = None if fallback is None else str(fallback)
+    details["reason"] = reason
+    if why_not is None:
+        then = (f"the agent would move its buffer to {fallback} (checked: writable), which is wiped on reboot "
+                "when /tmp is a tmpfs: events buffered during an outage would be lost")
+    else:
+        details["fallback_reason"] = why_not
+        then = f"and the fallback is unusable too ({why_not}): the agent would not start"
+    fix = ("give the agent a persistent directory it owns, e.g. `install -d -m 0700 -o <service-user> "
+           "/var/lib/z4j` and set Z4J_HOME=/var/lib/z4j (systemd: StateDirectory=z4j plus "
+           "Environment=Z4J_HOME=%S/z4j)")
+    return ProbeResult("buffer_dir", FAIL, f"the buffer directory is unusable: {reason} (typical for service users "
+                       f"such as www-data or nobody, whose HOME is not writable, and for systemd DynamicUser); "
+                       f"{then}", fix + "; otherwise the agent falls back to $TMPDIR/z4j-<uid> (wiped on reboot "
+                       "when /tmp is a tmpfs)", details, t.ms())
 
 
 # ------------------------------------------------------------------------------------------ network
@@ -598,6 +657,7 @@ def run_doctor(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     kwarg_label: str = "argument",
+    on_probe: Callable[[ProbeResult], None] | None = None,
 ) -> DoctorReport:
     """Run every probe in order and return the report (never raises for a failed probe).
 
@@ -606,8 +666,9 @@ def run_doctor(
     from ``env`` (default ``os.environ``). ``websocket=False`` stops after TLS. ``timeout``
     bounds each network step (default: the config's ``connect_timeout``, at most 10 s).
     ``kwarg_label`` names where explicit options came from in the text output ("flag" for the CLI).
+    ``on_probe`` is called with each stage as soon as it is known (the CLI prints it at once).
     """
-    probes: list[ProbeResult] = []
+    probes: list[ProbeResult] = _Stages(on_probe) if on_probe is not None else []
     config, cfg_probe, url = _resolve(config_or_options, env, kwarg_label)
     probes.append(cfg_probe)
     probes.append(_buffer_dir(config))

@@ -77,9 +77,12 @@ class RqEngineAdapter(EngineAdapter):
         stop_wait_seconds: float = 5.0,
         default_queue: str = "default",
     ) -> None:
-        from redis import Redis
-        from rq.queue import Queue
-        from rq.serializers import resolve_serializer
+        from .extras import needs_extra
+
+        with needs_extra("RqEngineAdapter"):
+            from redis import Redis
+            from rq.queue import Queue
+            from rq.serializers import resolve_serializer
 
         for value in (redis_url, rq_app):
             if isinstance(value, Queue):

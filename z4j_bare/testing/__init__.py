@@ -10,6 +10,12 @@
 Needs the ``brain`` extra (``websockets``). See docs/local-brain.md.
 """
 
+try:
+    import websockets  # noqa: F401 - the brain's one optional dependency, checked first
+except ModuleNotFoundError:
+    raise ModuleNotFoundError("the local brain (z4j_bare.testing) needs websockets, which is not installed: "
+                              "pip install 'z4j-bare[brain]'", name="websockets") from None
+
 from .brain import LocalBrain
 from .faults import BrainFaults
 from .ingest import brain_event_id
