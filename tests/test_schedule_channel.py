@@ -313,3 +313,17 @@ def test_an_unacked_snapshot_is_sent_again(tmp_path, memory):
         assert link_brain.stream("default", "bars-memory").accepted == 1
     finally:
         lk.channel.stop()
+
+
+def test_legacy_enable_disable_change_the_scheduler_and_resnapshot(link, memory):
+    link.open_session()
+    target = {"type": "schedule", "id": "x", "scheduler": "bars-memory"}
+    status, _, error = link.command("schedule.disable", {"schedule_id": "mem-1"}, target)
+    assert status == "success", error
+    assert memory.rows["mem-1"].is_enabled is False and link.row("memory-nightly")["is_enabled"] is False
+    status, _, error = link.command("schedule.enable", {}, {**target, "schedule_id": "mem-1"})
+    assert status == "success" and link.row("memory-nightly")["is_enabled"] is True
+    status, _, error = link.command("schedule.disable", {}, {"type": "schedule", "scheduler": "bars-memory"})
+    assert status == "failed" and error == "target.schedule_id required"
+    status, _, error = link.command("schedule.disable", {"schedule_id": "nope"}, target)
+    assert status == "failed" and "not found" in error
