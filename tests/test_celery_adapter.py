@@ -91,7 +91,7 @@ def test_hooks_install_and_restore(tmp_path):
     originals = {n: request_module.Request.__dict__[n] for n in ("on_accepted", "on_success", "on_failure", "on_retry")}
     create = strategy.create_request_cls
     app = make_app()
-    rt = install_agent(engines=[CeleryEngineAdapter(celery_app=app)], brain_url="http://127.0.0.1:9",
+    rt = install_agent(engines=[CeleryEngineAdapter(celery_app=app, outside_worker=True)], brain_url="http://127.0.0.1:9",
                        token="t" * 40, hmac_secret="A" * 43, project_id="p")
     try:
         for name, fn in originals.items():
@@ -115,7 +115,7 @@ def test_hooks_install_and_restore(tmp_path):
 def test_eager_capture(brain):
     creds = brain.mint_agent(name="eager")
     app = make_app(eager=True)
-    rt = install_agent(engines=[CeleryEngineAdapter(celery_app=app)], **creds.kwargs())
+    rt = install_agent(engines=[CeleryEngineAdapter(celery_app=app, outside_worker=True)], **creds.kwargs())
     try:
         t = app.z4j_tasks
         ok = t["add"].delay(2, 40)
@@ -143,7 +143,7 @@ def test_producer_sent_then_retry_by_reference(brain):
     creds = brain.mint_agent(name="producer")
     q = unique_queue()
     app = make_app()
-    adapter = CeleryEngineAdapter(celery_app=app)
+    adapter = CeleryEngineAdapter(celery_app=app, outside_worker=True)  # a producer opts in
     rt = install_agent(engines=[adapter], **creds.kwargs())
     try:
         res = app.send_task("inproc.add", args=(1, 2), kwargs={"api_key": "sk_live_" + "x" * 30}, queue=q,

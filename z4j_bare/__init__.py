@@ -1,9 +1,9 @@
 """z4j-bare: the framework-free z4j agent.
 
     from z4j_bare import install_agent
-    from z4j_celery import CeleryEngineAdapter
+    from z4j_rq import RqEngineAdapter
 
-    runtime = install_agent(engines=[CeleryEngineAdapter(celery_app=app)])
+    runtime = install_agent(engines=[RqEngineAdapter(redis_url="redis://localhost:6379/0")])
     runtime.health()      # for liveness/readiness probes
     runtime.stop()        # drain, close, join
 

@@ -29,7 +29,6 @@ def install_agent(
     schedulers: Sequence[Any] | None = None,
     **options: Any,
 ) -> AgentRuntime | None:
-    global _current
     schedulers = _check_schedulers(schedulers)
     if not engines and not schedulers:
         raise ValueError("install_agent needs at least one adapter: engines=[CeleryEngineAdapter(...)] and/or "
@@ -37,7 +36,24 @@ def install_agent(
     if _disabled(options.get("disabled")):
         log.warning("agent.disabled", reason="disabled=True or Z4J_DISABLED is set; no agent installed")
         return None
-    config = Config.resolve(**options)
+    config = Config.resolve(**options)  # a configuration error shows at once, even when waiting
+    if engines and not schedulers and all(_waits_for_worker(e) for e in engines):
+        engines[0].start_with_worker(lambda: _install(config, engines, framework, schedulers))  # type: ignore[attr-defined]
+        log.info("agent.waiting_for_worker", engines=[e.name for e in engines],
+                 summary="not in a Celery worker: the agent starts at worker_init if this process becomes "
+                         "one (pass outside_worker=True to CeleryEngineAdapter to run it here)")
+        return None
+    return _install(config, engines, framework, schedulers)
+
+
+def _waits_for_worker(engine: EngineAdapter) -> bool:
+    waits = getattr(engine, "waits_for_worker", None)
+    return bool(waits()) if callable(waits) else False
+
+
+def _install(config: Config, engines: Sequence[EngineAdapter], framework: BareFrameworkAdapter | None,
+             schedulers: list[Any]) -> AgentRuntime:
+    global _current
     with _lock:
         existing = _current
         if existing is not None and existing.state.value != "stopped":
@@ -133,6 +149,12 @@ def _docstring() -> str:
         "One agent per process: a second call returns the first runtime. A forked child (Celery",
         "prefork pool, RQ work-horse) gets its parent's runtime, whose hooks write to the shared",
         "buffer; only the parent holds the connection. Returns None when Z4J_DISABLED is set.",
+        "",
+        "Celery: called where no Celery worker runs (the app module imported by a web server,",
+        "`celery inspect`, beat, or by `celery worker` before worker_init), it starts nothing and",
+        "returns None; the agent then starts at worker_init if the process becomes a worker",
+        "(current_runtime() returns it). CeleryEngineAdapter(..., outside_worker=True) opts in to",
+        "an agent in a process that is no worker (a web app reporting task.sent, a script).",
         "",
         "Arguments that have no environment variable:",
         "    engines: the engine adapters (CeleryEngineAdapter, RqEngineAdapter, ...).",

@@ -294,7 +294,8 @@ def _engines_for(args: argparse.Namespace) -> list[Any]:
     if "celery" in wanted:
         from .engines.celery import CeleryEngineAdapter
 
-        engines.append(CeleryEngineAdapter(celery_app=_load_app(args.app)))
+        # This process is no worker, and running an agent here is the point of `run`.
+        engines.append(CeleryEngineAdapter(celery_app=_load_app(args.app), outside_worker=True))
     if "rq" in wanted:
         url = args.rq_url or os.environ.get("Z4J_RQ_REDIS_URL", "").strip()
         from .engines.rq import RqEngineAdapter

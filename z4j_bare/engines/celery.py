@@ -3,8 +3,10 @@
     from z4j_bare import install_agent
     from z4j_celery import CeleryEngineAdapter
 
-    install_agent(engines=[CeleryEngineAdapter(celery_app=app)])
+    install_agent(engines=[CeleryEngineAdapter(celery_app=app)])   # from worker_init, best
 
+Outside a Celery worker (a web server importing the app, ``celery inspect``, beat) that call
+starts nothing and waits for worker_init, unless ``outside_worker=True`` opts in.
 Capture hooks: see ``celery_capture`` (worker main process, no ``-E`` needed, any bootstrap
 point). Retry by reference: see ``celery_store`` (the original request is remembered at receipt,
 so ``result_extended`` is not required). Broker reads and the single-queue purge: see
@@ -16,6 +18,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..forkguard import fork_safe
@@ -51,6 +54,7 @@ class CeleryEngineAdapter(EngineAdapter):
         remember_requests: bool = True,
         request_store_max_rows: int = DEFAULT_MAX_ROWS,
         request_store_ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        outside_worker: bool = False,
     ) -> None:
         """
         celery_app: the Celery application (required).
@@ -62,6 +66,10 @@ class CeleryEngineAdapter(EngineAdapter):
             that window (events of a SIGKILLed main process in it are lost) for fewer commits.
         remember_requests: keep original publish parameters (bounded SQLite table next to the
             buffer) so retry_task works by reference without result_extended.
+        outside_worker: also run the agent in a process that is not a Celery worker (a web app
+            that sends tasks, a script, ``z4j-bare run``). By default install_agent in such a
+            process (the app module imported by a web server, ``celery inspect``, beat) starts
+            nothing and waits: the agent starts at worker_init if the process becomes a worker.
         """
         if celery_app is None or not hasattr(celery_app, "send_task") or not hasattr(celery_app, "control"):
             raise ValueError("CeleryEngineAdapter(celery_app=...) needs your Celery application instance "
@@ -71,7 +79,10 @@ class CeleryEngineAdapter(EngineAdapter):
                              f"(got {batch_interval!r})")
         if capture_sent not in (None, True, False):
             raise ValueError(f"CeleryEngineAdapter capture_sent must be True, False or None (got {capture_sent!r})")
+        if outside_worker not in (True, False):
+            raise ValueError(f"CeleryEngineAdapter outside_worker must be True or False (got {outside_worker!r})")
         self.app = celery_app
+        self.outside_worker = outside_worker
         self.worker_hostname = worker_hostname
         self.capture_sent = capture_sent
         self.batch_interval = float(batch_interval)
@@ -85,6 +96,28 @@ class CeleryEngineAdapter(EngineAdapter):
 
     def __repr__(self) -> str:
         return f"<CeleryEngineAdapter app={getattr(self.app, 'main', None)!r} hostname={self.hostname!r}>"
+
+    def waits_for_worker(self) -> bool:
+        """True in a process that is not (yet) a Celery worker, unless ``outside_worker``: the
+        worker main process from worker_init/worker_ready on and pool children (child mode) do
+        not wait; an app module imported by `celery worker`, a web server or beat does."""
+        if self.outside_worker:
+            return False
+        from .celery_capture import _find_worker_in_stack
+
+        return CeleryCapture._is_main_process() and _find_worker_in_stack() is None
+
+    def start_with_worker(self, start: Callable[[], Any]) -> None:
+        """Call ``start`` once, at worker_init, if this process becomes a Celery worker."""
+        from celery import signals
+
+        uid = f"z4j-deferred-start-{id(self)}"
+
+        def on_worker_init(sender: Any = None, **_: Any) -> None:
+            signals.worker_init.disconnect(dispatch_uid=uid)
+            safe_call(start, site="celery.deferred_start")
+
+        signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=uid)
 
     @property
     def hostname(self) -> str | None:

@@ -33,7 +33,7 @@ def install():
         from z4j_bare import install_agent
         from z4j_bare.engines.celery import CeleryEngineAdapter
 
-        runtime = install_agent(engines=[CeleryEngineAdapter(celery_app=app)])
+        runtime = install_agent(engines=[CeleryEngineAdapter(celery_app=app, outside_worker=True)])
         deadline = time.monotonic() + 30
         while not runtime.health()["connected"] and time.monotonic() < deadline:
             time.sleep(0.01)
