@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 # The engines' oldest supported releases (the extras' lower bounds), in a second virtualenv.
 OLDEST := .venv-oldest
 OLDEST_STAMP := $(OLDEST)/.installed
+# django-celery-beat cannot share a virtualenv with rq-scheduler (two top-level `crontab` modules).
+DJBEAT := .venv-djbeat
+DJBEAT_STAMP := $(DJBEAT)/.installed
 ENGINE_TESTS := tests/test_celery_adapter.py tests/test_celery_worker.py tests/test_celerybeat_adapter.py \
 	tests/test_rq_e2e.py tests/test_rq_unit.py tests/test_rqscheduler_adapter.py
 
-.PHONY: demo test test-fast test-oldest interop bench services docs-check clean
+.PHONY: demo test test-fast test-oldest test-djbeat interop bench services docs-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +35,19 @@ $(OLDEST_STAMP): pyproject.toml constraints-oldest.txt
 test: $(STAMP) services
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) test-oldest
+	$(MAKE) test-djbeat
 
 test-oldest: $(OLDEST_STAMP) services
 	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider -m "not interop" $(ENGINE_TESTS)
+
+$(DJBEAT_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DJBEAT)
+	$(DJBEAT)/bin/python -m pip install -q --upgrade pip
+	$(DJBEAT)/bin/python -m pip install -q -e '.[celery,brain,django]' pytest pytest-timeout
+	touch $(DJBEAT_STAMP)
+
+test-djbeat: $(DJBEAT_STAMP) services
+	$(DJBEAT)/bin/python -m pytest -q -p no:cacheprovider tests/test_celerybeat_django.py
 
 test-fast: $(STAMP) services
 	$(PY) -m pytest -q -p no:cacheprovider -m "not interop and not slow"
@@ -49,4 +62,4 @@ docs-check: $(STAMP)
 	$(PY) scripts/gen_config_docs.py --check
 
 clean:
-	rm -rf $(VENV) $(OLDEST) .bench .interop build *.egg-info
+	rm -rf $(VENV) $(OLDEST) $(DJBEAT) .bench .interop build *.egg-info

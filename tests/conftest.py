@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
 
 from z4j_bare import safety
+
+# django-celery-beat cannot share a virtualenv with rq-scheduler (both install a top-level
+# `crontab` module): its tests run in their own (`make test-djbeat`, part of `make test`).
+collect_ignore = [] if importlib.util.find_spec("django_celery_beat") else ["test_celerybeat_django.py"]
 
 
 @pytest.fixture(autouse=True)

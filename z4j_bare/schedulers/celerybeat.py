@@ -182,7 +182,14 @@ class CeleryBeatSchedulerAdapter(SchedulerAdapter):
         log.info("celerybeat.triggered", schedule=row.name, task_name=row.task_name, task_id=getattr(sent, "id", None))
         return CommandResult.ok(schedule_id=schedule_id, task_name=row.task_name, task_id=getattr(sent, "id", None))
 
+    def _is_static(self, schedule_id: str) -> bool:
+        # Asked first: a writable source (django-celery-beat) would otherwise answer "not found".
+        row = self.get_schedule(schedule_id)
+        return row is not None and row.source == STATIC_SOURCE
+
     def _toggle(self, schedule_id: str, enabled: bool) -> CommandResult:
+        if self._is_static(schedule_id):
+            return CommandResult.failed(READ_ONLY)
         first_failure = None
         for source in self._available():
             if not getattr(source, "writable", False) or not hasattr(source, "set_enabled"):
@@ -193,9 +200,6 @@ class CeleryBeatSchedulerAdapter(SchedulerAdapter):
             first_failure = first_failure or result
         if first_failure is not None:
             return first_failure
-        row = self.get_schedule(schedule_id)
-        if row is not None and row.source == STATIC_SOURCE:
-            return CommandResult.failed(READ_ONLY)
         return CommandResult.failed(f"could not toggle schedule {schedule_id!r}: no writable source holds it")
 
     def enable_schedule(self, schedule_id: str) -> CommandResult:
@@ -205,6 +209,8 @@ class CeleryBeatSchedulerAdapter(SchedulerAdapter):
         return self._toggle(schedule_id, False)
 
     def delete_schedule(self, schedule_id: str) -> CommandResult:
+        if self._is_static(schedule_id):
+            return CommandResult.failed(READ_ONLY)
         for source in self._available():
             if getattr(source, "writable", False):
                 result = as_command_result(source.delete(schedule_id))
