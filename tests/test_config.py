@@ -327,23 +327,20 @@ def test_tags_kwarg_dict_and_read_only():
         cfg.tags.update(x="y")
 
 
-@pytest.mark.parametrize("text", ["auto", "ws", "WS", " Auto "])
-def test_transport_choices(text):
-    assert Config.resolve(env=env(Z4J_TRANSPORT=text)).transport == text.strip().lower()
+@pytest.mark.parametrize("text, expected", [("auto", "auto"), ("ws", "ws"), ("WS", "ws"), (" Auto ", "auto"),
+                                            ("longpoll", "longpoll"), ("long-poll", "longpoll"), ("LONG_POLL", "longpoll")])
+def test_transport_choices(text, expected):
+    assert Config.resolve(env=env(Z4J_TRANSPORT=text)).transport == expected
 
 
-@pytest.mark.parametrize("origin", ["env", "kwarg"])
-def test_transport_longpoll_refused(origin):
-    err = error_of(env(Z4J_TRANSPORT="longpoll")) if origin == "env" else error_of(BASE_ENV, transport="longpoll")
-    assert_names_option(err, "transport")
-    assert "long-poll" in str(err) and "not supported by this agent" in str(err)
-    assert "ws" in str(err).split("Fix:")[1]
+def test_transport_longpoll_as_a_keyword():
+    assert Config.resolve(env=BASE_ENV, transport="longpoll").transport == "longpoll"
 
 
 def test_transport_unknown():
     err = error_of(env(Z4J_TRANSPORT="grpc"))
     assert_names_option(err, "transport")
-    assert "auto, ws" in str(err)
+    assert "auto, ws, longpoll" in str(err)
 
 
 @pytest.mark.parametrize("role", ["web", "task", "scheduler", "beat", "other"])
@@ -533,7 +530,7 @@ def test_each_required_missing(name):
 
 def test_all_problems_reported_together():
     err = error_of({"Z4J_BRAIN_URL": "http://x.example.com", "Z4J_HEARTBEAT_SECONDS": "0",
-                    "Z4J_TRANSPORT": "longpoll", "Z4J_TOKEN": TOKEN})
+                    "Z4J_TRANSPORT": "grpc", "Z4J_TOKEN": TOKEN})
     text = str(err)
     for name in ["brain_url", "heartbeat_seconds", "transport", "hmac_secret", "project_id"]:
         assert name in text, name

@@ -42,7 +42,8 @@ def test_all_green_with_trace_and_proof_of_secret(brain, creds):
     assert report.ok, report.render_text()
     assert [p.name for p in report.probes] == list(PROBE_NAMES)
     assert _statuses(report) == {"config": "pass", "buffer_dir": "pass", "dns": "pass", "tcp": "pass",
-                                 "tls": "skip", "websocket": "pass", "hello": "pass", "hmac": "pass", "runtime": "pass"}
+                                 "tls": "skip", "websocket": "pass", "hello": "pass", "hmac": "pass", "longpoll": "pass",
+                                 "runtime": "pass"}
     assert report.probe("hello").details["agent_id"] == creds.agent_id
     assert report.probe("hmac").details["reply"]["type"] == "event_batch_ack"
     assert _path(report.trace) == FULL_PATH
@@ -86,7 +87,7 @@ def test_port_closed(creds):
     report = run_doctor({**creds.kwargs(), "brain_url": f"http://127.0.0.1:{port}"}, timeout=2)
     tcp = report.probe("tcp")
     assert tcp.status == "fail" and "port closed" in tcp.message and tcp.fix
-    assert [report.probe(n).status for n in PROBE_NAMES[4:]] == ["skip"] * 5
+    assert [report.probe(n).status for n in PROBE_NAMES[4:]] == ["skip"] * len(PROBE_NAMES[4:])
     assert report.trace == []
 
 
@@ -151,7 +152,8 @@ def test_json_schema_is_stable(creds):
         assert p["status"] in ("pass", "warn", "fail", "skip") and isinstance(p["message"], str)
     for edge in data["trace"]:
         required = {"source", "dest", "trigger", "at", "elapsed_ms"}
-        assert required <= set(edge) <= required | {"transport", "failure_class", "reason", "retry_in_s", "next_attempt_at"}
+        assert required <= set(edge) <= required | {"transport", "fallback", "failure_class", "reason", "retry_in_s",
+                                                     "next_attempt_at"}
 
 
 def _self_signed(tmp_path):
@@ -197,3 +199,37 @@ def test_untrusted_tls_certificate(creds, tmp_path):
         stop.set()
         thread.join(2)
         server.close()
+
+
+def test_doctor_probes_both_transports_and_says_which_works(creds):
+    report = run_doctor({**creds.kwargs(), "transport": "longpoll"})
+    assert report.ok, report.render_text()
+    lp = report.probe("longpoll")
+    assert lp.status == "pass" and lp.details["agent_id"] == creds.agent_id
+    assert lp.details["transports"] == {"ws": True, "longpoll": True, "mode": "longpoll", "uses": "long-poll"}
+    assert report.probe("runtime").details["transport"] == "longpoll"
+    assert ("connecting", "handshake", "longpoll") in [(e["source"], e["dest"], e.get("transport")) for e in report.trace]
+    assert "over longpoll" in report.render_text()
+
+
+def test_doctor_with_a_wrong_secret_fails_long_poll_too(creds):
+    other = encode_hmac_secret(os.urandom(32))
+    report = run_doctor({**creds.kwargs(), "hmac_secret": other, "transport": "longpoll"})
+    lp = report.probe("longpoll")
+    assert lp.status == "fail" and "HMAC secret does not match" in lp.message and "409" in lp.message
+    assert report.probe("hmac").status == "warn"  # not needed with transport=longpoll, still shown
+
+
+def test_doctor_behind_a_proxy_that_refuses_upgrades(brain, creds):
+    from upgrade_proxy import UpgradeRefusingProxy
+
+    with UpgradeRefusingProxy(brain.port, status=400) as proxy:
+        auto = run_doctor({**creds.kwargs(), "brain_url": proxy.url, "transport": "auto"})
+        ws = run_doctor({**creds.kwargs(), "brain_url": proxy.url, "transport": "ws"})
+    assert auto.ok, auto.render_text()
+    assert auto.probe("websocket").status == "warn" and "HTTP 400" in auto.probe("websocket").message
+    assert auto.probe("longpoll").details["transports"]["uses"] == "long-poll (a proxy refuses the upgrade)"
+    assert auto.probe("runtime").details["transport"] == "longpoll"
+    assert auto.probe("runtime").details["transport_fallback"]["reason"].startswith("upgrade refused with HTTP 400")
+    assert not ws.ok and ws.probe("websocket").status == "fail" and ws.probe("longpoll").status == "pass"
+    assert "transport=ws uses nothing" in ws.render_text()

@@ -1,4 +1,6 @@
-"""The runtime against the local reference brain over real sockets."""
+"""The runtime against the local reference brain over real sockets.
+
+Tests that take ``wire`` run once per transport: WebSocket and HTTPS long-poll."""
 
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ def brain():
         yield b
 
 
+@pytest.fixture(params=["ws", "longpoll"])
+def wire(request):
+    """The transport a test runs over (the runtime, outbox and commands do not know which)."""
+    return request.param
+
+
 def _runtime(creds, engines, **options):
     config = Config.resolve(**creds.kwargs(), **{**FAST, **options})
     return build_runtime(config, engines)
@@ -37,10 +45,10 @@ def _wait(predicate, timeout=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_full_lifecycle_trace_and_delivery(brain):
+def test_full_lifecycle_trace_and_delivery(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
     _wait(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING")
     for i in range(50):
         engine.emit_task(f"t{i}", "task.received", "task.started", "task.succeeded")
@@ -49,24 +57,26 @@ def test_full_lifecycle_trace_and_delivery(brain):
     assert brain.task("celery", "t7")["state"] == "SUCCESS"
     health = runtime.health()
     assert health["connected"] and health["buffer_depth"] == 0 and health["events_acked"] == 150
+    assert health["transport"] == wire and health["transport_mode"] == wire and health["backoff"] is None
     agent = brain.wait_for_agent_online(creds.agent_id)
-    hello = agent["hello"]
-    assert hello["framework"] == "bare" and hello["engines"] == ["celery"]
-    assert "retry_by_reference_v1" in hello["capabilities"]["celery"]
-    assert agent["heartbeats"] >= 1
+    if wire == "ws":  # long-poll has no hello (protocol.md 8.4)
+        hello = agent["hello"]
+        assert hello["framework"] == "bare" and hello["engines"] == ["celery"]
+        assert "retry_by_reference_v1" in hello["capabilities"]["celery"]
+    _wait(lambda: brain.agent(creds.agent_id)["heartbeats"] >= 1, what="a heartbeat")
     assert runtime.stop(5) is True
     assert runtime.stop(5) is True  # idempotent
     path = [(e["source"], e["dest"], e["trigger"]) for e in runtime.trace]
     assert path == [("init", "connecting", "start"), ("connecting", "handshake", "connected"),
                     ("handshake", "running", "handshake_ok"), ("running", "draining", "stop"),
                     ("draining", "stopped", "drained")]
-    assert all(e["elapsed_ms"] >= 0 for e in runtime.trace)
+    assert all(e["elapsed_ms"] >= 0 for e in runtime.trace) and runtime.trace[1]["transport"] == wire
 
 
-def test_events_written_before_connect_are_delivered_and_not_duplicated(brain):
+def test_events_written_before_connect_are_delivered_and_not_duplicated(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = _runtime(creds, [engine])
+    runtime = _runtime(creds, [engine], transport=wire)
     engine.attach(runtime.sinks["celery"])
     for i in range(20):
         engine.emit_task(f"early{i}", "task.received")
@@ -92,9 +102,9 @@ def test_buffer_spool_option_chooses_the_append_path_and_both_deliver(brain, spo
     assert brain.event_count() == 20
 
 
-def _running_then_disconnected(brain):
+def _running_then_disconnected(brain, wire="ws"):
     engine = RecordingEngine()
-    runtime = _runtime(brain.mint_agent(), [engine])
+    runtime = _runtime(brain.mint_agent(), [engine], transport=wire)
     runtime.start()
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     brain.pause()
@@ -102,8 +112,8 @@ def _running_then_disconnected(brain):
     return runtime, engine
 
 
-def test_brain_down_then_back_delivers_backlog(brain):
-    runtime, engine = _running_then_disconnected(brain)
+def test_brain_down_then_back_delivers_backlog(brain, wire):
+    runtime, engine = _running_then_disconnected(brain, wire)
     for i in range(300):
         engine.emit_task(f"b{i}", "task.received", "task.succeeded")
     assert runtime.buffer.depth() >= 600
@@ -132,28 +142,32 @@ def test_spooled_events_move_into_the_buffer_while_the_brain_is_away(brain):
     runtime.stop()
 
 
-def test_unacked_batches_are_resent_without_restamping(brain):
+def test_unacked_batches_are_resent_without_restamping(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = _runtime(creds, [engine], resend_after_seconds=1.0)
+    runtime = _runtime(creds, [engine], resend_after_seconds=1.0, transport=wire)
     runtime.start()
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     brain.faults.withhold_acks = True
+    uploads = brain.longpoll.requests["events"]
     engine.emit_task("r1", "task.received", "task.started")
     _wait(lambda: runtime.health()["inflight_frames"] == 1)
     time.sleep(1.5)
     brain.faults.withhold_acks = False
     assert runtime.flush(10)
-    assert runtime.outbox.stats.resends >= 1
+    if wire == "ws":
+        assert runtime.outbox.stats.resends >= 1
+    else:  # long-poll: the uploader posts the unconfirmed batch again (re-signed), not the outbox
+        assert runtime.outbox.stats.resends == 0 and brain.longpoll.requests["events"] - uploads >= 2
     runtime.stop()
     events = brain.events(task_id="r1")
     assert len(events) == 2  # the brain deduped the resend: same id, same occurred_at
 
 
-def test_revoked_token_gets_auth_backoff(brain):
+def test_revoked_token_gets_auth_backoff(brain, wire):
     creds = brain.mint_agent()
     brain.revoke_agent(creds.agent_id)
-    runtime = _runtime(creds, [RecordingEngine()], backoff_max_auth=600.0)
+    runtime = _runtime(creds, [RecordingEngine()], backoff_max_auth=600.0, transport=wire)
     runtime.start()
     _wait(lambda: runtime.health()["failure_streaks"]["auth"] >= 1, what="auth failure")
     assert runtime.state in (RuntimeState.CONNECTING, RuntimeState.HANDSHAKE)
@@ -173,10 +187,10 @@ def test_incompatible_close_code_gets_incompatible_class(brain):
     runtime.stop(1)
 
 
-def test_stop_is_bounded_when_brain_is_black_holed(brain):
+def test_stop_is_bounded_when_brain_is_black_holed(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = _runtime(creds, [engine], stop_timeout=1.0)
+    runtime = _runtime(creds, [engine], stop_timeout=1.0, transport=wire)
     runtime.start()
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     brain.faults.stall = True
@@ -229,10 +243,10 @@ def test_two_engines_in_one_agent_route_events_and_commands(brain):
     assert [c[0] for c in rq.calls] == ["cancel_task"]
 
 
-def test_commands_results_truthful(brain):
+def test_commands_results_truthful(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     send = lambda action, params: brain.wait_for_command(brain.send_command(action, params, agent_id=creds.agent_id), timeout=15)
     ok = send("retry_task", {"engine": "celery", "task_id": "abc", "task_name": "x", "args": None, "kwargs": None})
@@ -272,31 +286,33 @@ def test_purge_token_checks(brain, case):
         assert engine.calls == []
 
 
-def test_forged_commands_are_never_executed(brain):
+def test_forged_commands_are_never_executed(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     for kind in ("tampered", "replayed", "stale", "v3", "unsigned_command"):
         sessions_before = len([e for e in runtime.trace if e["trigger"] == "handshake_ok"])
         brain.faults.send_to_agent(kind)
         _wait(lambda: len([e for e in runtime.trace if e["trigger"] == "handshake_ok"]) > sessions_before, timeout=15,
               what=f"reconnect after {kind}")
+        lost = [e for e in runtime.trace if e["trigger"] == "session_lost"][-1]
+        assert lost["reason"].startswith("inbound frame rejected"), (kind, lost)
     assert engine.calls == []
 
 
-def test_fatal_error_frame_ends_session_with_class(brain):
+def test_fatal_error_frame_ends_session_with_class(brain, wire):
     creds = brain.mint_agent()
-    runtime = install_agent(engines=[RecordingEngine()], **creds.kwargs(), **FAST)
+    runtime = install_agent(engines=[RecordingEngine()], **creds.kwargs(), **FAST, transport=wire)
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     brain.faults.send_to_agent("error_fatal")
     _wait(lambda: sum(runtime.health()["failure_streaks"].values()) >= 1 or "fatal error frame" in str(runtime.health()["last_failure"]),
           what="session ended by fatal error frame")
 
 
-def test_request_reconnect_opens_a_fresh_session(brain):
+def test_request_reconnect_opens_a_fresh_session(brain, wire):
     creds = brain.mint_agent()
-    runtime = install_agent(engines=[RecordingEngine()], **creds.kwargs(), **FAST)
+    runtime = install_agent(engines=[RecordingEngine()], **creds.kwargs(), **FAST, transport=wire)
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     first = runtime.health()["session_id"]
     runtime.request_reconnect()
@@ -304,10 +320,10 @@ def test_request_reconnect_opens_a_fresh_session(brain):
     assert ("running", "connecting", "reconnect") in [(e["source"], e["dest"], e["trigger"]) for e in runtime.trace]
 
 
-def test_host_threads_emitting_while_runtime_runs(brain):
+def test_host_threads_emitting_while_runtime_runs(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+    runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
     threads = [threading.Thread(target=lambda n=n: [engine.emit_task(f"h{n}-{i}", "task.received") for i in range(200)]) for n in range(4)]
     for t in threads:
         t.start()
@@ -317,13 +333,13 @@ def test_host_threads_emitting_while_runtime_runs(brain):
     assert brain.event_count() == 800
 
 
-def test_secrets_never_in_repr_logs_or_wire(brain):
+def test_secrets_never_in_repr_logs_or_wire(brain, wire):
     from structlog.testing import capture_logs
 
     creds = brain.mint_agent()
     engine = RecordingEngine()
     with capture_logs() as logs:
-        runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST)
+        runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
         _wait(lambda: runtime.state is RuntimeState.RUNNING)
         engine.emit_task("x", "task.received")
         runtime.flush(5)
@@ -334,12 +350,12 @@ def test_secrets_never_in_repr_logs_or_wire(brain):
         assert secret not in text and secret not in wire
 
 
-def test_unexpected_error_in_session_reconnects_instead_of_dying(brain, monkeypatch):
+def test_unexpected_error_in_session_reconnects_instead_of_dying(brain, monkeypatch, wire):
     import sqlite3
 
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = _runtime(creds, [engine])
+    runtime = _runtime(creds, [engine], transport=wire)
     real_read = runtime.buffer.read
     failures = []
 
@@ -423,17 +439,18 @@ def _edges(runtime):
     return [(e["source"], e["dest"], e["trigger"]) for e in runtime.trace]
 
 
-def test_trace_of_a_failed_handshake_shows_the_class_reason_and_wait(brain):
+def test_trace_of_a_failed_handshake_shows_the_class_reason_and_wait(brain, wire):
     creds = brain.mint_agent()
     brain.revoke_agent(creds.agent_id)
-    runtime = _runtime(creds, [RecordingEngine()], backoff_max_auth=600.0)
+    runtime = _runtime(creds, [RecordingEngine()], backoff_max_auth=600.0, transport=wire)
     runtime.start()
     _wait(lambda: runtime.health()["backoff"] is not None, what="the auth backoff")
     lost = runtime.trace[-1]
     assert _edges(runtime) == [("init", "connecting", "start"), ("connecting", "handshake", "connected"),
                                ("handshake", "connecting", "session_lost")]
-    assert runtime.trace[1]["transport"] == "ws"
-    assert lost["failure_class"] == "auth" and "4401" in lost["reason"] and lost["retry_in_s"] >= 10
+    assert runtime.trace[1]["transport"] == wire
+    refusal = "4401" if wire == "ws" else "HTTP 401"
+    assert lost["failure_class"] == "auth" and refusal in lost["reason"] and lost["retry_in_s"] >= 10
     waiting = runtime.health()["backoff"]
     assert waiting["failure_class"] == "auth" and waiting["retry_in_s"] >= 10 and waiting["next_attempt_at"].endswith("Z")
     assert runtime.health()["state"] == "connecting" and not runtime.health()["ready"]
@@ -441,10 +458,10 @@ def test_trace_of_a_failed_handshake_shows_the_class_reason_and_wait(brain):
     assert _edges(runtime)[-1] == ("connecting", "stopped", "stop") and runtime.health()["backoff"] is None
 
 
-def test_trace_of_connect_failures_then_a_session(brain):
+def test_trace_of_connect_failures_then_a_session(brain, wire):
     creds = brain.mint_agent()
     brain.pause()
-    runtime = _runtime(creds, [RecordingEngine()])
+    runtime = _runtime(creds, [RecordingEngine()], transport=wire)
     runtime.start()
     _wait(lambda: len(runtime.trace) >= 3, what="two failed connect attempts")
     failed = [e for e in runtime.trace if e["trigger"] == "connect_failed"]
@@ -455,10 +472,12 @@ def test_trace_of_connect_failures_then_a_session(brain):
     runtime.stop()
 
 
-def test_trace_of_a_lost_session_and_the_reconnect(brain):
-    runtime, engine = _running_then_disconnected(brain)
+def test_trace_of_a_lost_session_and_the_reconnect(brain, wire):
+    runtime, engine = _running_then_disconnected(brain, wire)
     lost = next(e for e in runtime.trace if e["trigger"] == "session_lost")
-    assert lost["source"] == "running" and lost["failure_class"] == "connection" and "1001" in lost["reason"]
+    assert lost["source"] == "running" and lost["failure_class"] == "connection" and lost["retry_in_s"] >= 0
+    if wire == "ws":
+        assert "1001" in lost["reason"]
     brain.resume()
     _wait(lambda: runtime.state is RuntimeState.RUNNING, what="the reconnect")
     engine.emit_task("after", "task.received")
@@ -468,10 +487,10 @@ def test_trace_of_a_lost_session_and_the_reconnect(brain):
     assert _edges(runtime)[-2:] == [("running", "draining", "stop"), ("draining", "stopped", "drained")]
 
 
-def test_draining_delivers_what_is_buffered_before_stopping(brain):
+def test_draining_delivers_what_is_buffered_before_stopping(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
-    runtime = _runtime(creds, [engine], stop_timeout=10.0)
+    runtime = _runtime(creds, [engine], stop_timeout=10.0, transport=wire)
     runtime.start()
     _wait(lambda: runtime.state is RuntimeState.RUNNING)
     brain.faults.ack_delay = 0.2  # acks still in flight when stop() is called
@@ -482,3 +501,17 @@ def test_draining_delivers_what_is_buffered_before_stopping(brain):
     drain = runtime.trace[-1]
     assert _edges(runtime)[-2:] == [("running", "draining", "stop"), ("draining", "stopped", "drained")]
     assert drain["elapsed_ms"] > 0  # time spent in DRAINING delivering
+
+
+def test_a_control_frame_over_the_frame_limit_is_refused_locally_and_counted(brain, wire):
+    runtime = _runtime(brain.mint_agent(), [RecordingEngine()], transport=wire)
+    runtime.start()
+    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    session = runtime.health()["session_id"]
+    runtime.controls.emit("command_result", "00000000-0000-4000-8000-000000000001",
+                          {"status": "success", "result": {"blob": "x" * 1_100_000}, "error": None,
+                           "delivery_claim_token": None})
+    _wait(lambda: runtime.controls.idle, what="the frame to be settled")
+    assert runtime.buffer.telemetry_loss()["content_rejected_frames"] == 1
+    assert runtime.flush(10) and runtime.health()["session_id"] == session  # never sent: the session lives on
+    runtime.stop()

@@ -225,11 +225,13 @@ OPTIONS: tuple[Option, ...] = (
     _opt("project_id", "str", None, "Project slug (used for logging and file names).", required=True,
          minimum=1, maximum=63),
     _opt("agent_name", "str", None, "Display name of this agent; unset means the host name.", maximum=64),
-    _opt("agent_id", "str", "", "Agent UUID; not needed for the WebSocket transport."),
+    _opt("agent_id", "str", "", "Agent UUID; optional: the brain names it on connect (long-poll falls back to it "
+         "if the brain's answer lacks it)."),
     _opt("environment", "str", "production", "Deployment environment label."),
     _opt("tags", "tags", {}, "Free-form labels: `k=v,k2=v2` or a JSON object."),
-    _opt("transport", "choice", "auto", "Wire transport; `auto` means WebSocket. Long-poll is not "
-         "supported by this agent.", choices=("auto", "ws")),
+    _opt("transport", "choice", "auto", "Wire transport: `ws` (WebSocket), `longpoll` (HTTPS long-poll, for paths "
+         "that do not pass WebSocket upgrades), or `auto`: WebSocket, falling back to long-poll while something "
+         "on the path refuses the upgrade.", choices=("auto", "ws", "longpoll")),
     _opt("worker_role", "choice", None, "Role of this process, for display.",
          choices=("web", "task", "scheduler", "beat", "other")),
     # --- behaviour switches
@@ -397,10 +399,8 @@ def _parse_choice(opt: Option, raw: Any) -> str:
     if not isinstance(raw, str):
         raise _Invalid(f"has type {type(raw).__name__}, not str", "one of " + ", ".join(opt.choices or ()))
     value = raw.strip().lower()
-    if opt.name == "transport" and value in ("longpoll", "long-poll", "long_poll", "http"):
-        raise _Invalid("asks for long-poll, which is not supported by this agent", "ws (or auto)",
-                       fix="use the WebSocket transport: transport='ws' / Z4J_TRANSPORT=ws (or leave it "
-                           "unset for auto)")
+    if opt.name == "transport" and value in ("long-poll", "long_poll"):
+        value = "longpoll"
     if value not in (opt.choices or ()):
         raise _Invalid("is not a known choice", "one of " + ", ".join(opt.choices or ()))
     return value

@@ -64,7 +64,7 @@ from .protocol import (
     encode_unsigned,
     new_frame_id,
 )
-from .transport import Connection, TlsSettings, TransportError, read_hello_ack
+from .transport import Connection, LongPollTransport, Outgoing, TlsSettings, TransportError, read_hello_ack
 
 __all__ = ["PROBE_NAMES", "SCHEMA", "DoctorEngine", "DoctorReport", "ProbeResult", "buffer_status", "run_doctor"]
 
@@ -72,7 +72,8 @@ log = get_logger(__name__)
 
 #: Bumped only on an incompatible change of ``DoctorReport.to_dict()``; additions keep it.
 SCHEMA = "z4j-bare.doctor/1"
-PROBE_NAMES = ("config", "buffer_dir", "dns", "tcp", "tls", "websocket", "hello", "hmac", "runtime")
+PROBE_NAMES = ("config", "buffer_dir", "dns", "tcp", "tls", "websocket", "hello", "hmac", "longpoll", "runtime")
+WS_STAGES = ("websocket", "hello", "hmac")
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 CERT_EXPIRY_WARN_DAYS = 14
 #: How long the runtime stage may keep one connection attempt going before judging it.
@@ -155,7 +156,7 @@ class DoctorReport:
             lines.append("state trace (a real AgentRuntime, elapsed = time spent in the source state):")
             for edge in self.trace:
                 lines.append(f"  {edge['source'].upper():>10} -> {edge['dest'].upper():<10} "
-                             f"{edge['trigger']:<15} {edge['elapsed_ms']:>9.1f} ms  {edge['at']}")
+                             f"{edge['trigger']:<15} {edge['elapsed_ms']:>9.1f} ms  {edge['at']}{_edge_note(edge)}")
         failures = self.failures
         if failures:
             lines.append(f"{len(failures)} problem(s): " + ", ".join(p.name for p in failures)
@@ -192,6 +193,18 @@ class _Stages(list):  # type: ignore[type-arg]
     def extend(self, probes: Iterable[ProbeResult]) -> None:
         for probe in probes:
             self.append(probe)
+
+
+def _edge_note(edge: dict[str, Any]) -> str:
+    """What an edge of the trace adds: the transport it connected over, why it failed, the wait."""
+    notes = []
+    if edge.get("transport"):
+        notes.append(f"over {edge['transport']}" + (f" (fell back: {edge['fallback']})" if edge.get("fallback") else ""))
+    if edge.get("reason"):
+        notes.append(f"{edge.get('failure_class', '?')}: {edge['reason']}")
+    if "retry_in_s" in edge:
+        notes.append(f"next attempt in {edge['retry_in_s']:g} s")
+    return ("  " + "; ".join(notes)) if notes else ""
 
 
 class DoctorEngine(EngineAdapter):
@@ -507,7 +520,7 @@ def _session(config: Config, timeout: float) -> list[ProbeResult]:
         else:
             fix = "see the tcp and tls stages; a proxy may be cutting WebSocket connections"
         results.append(ProbeResult("websocket", FAIL, f"WebSocket upgrade to {config.ws_url} failed: {text}",
-                                   fix, {"ws_url": config.ws_url}, t.ms()))
+                                   fix, {"ws_url": config.ws_url, "upgrade_refused": exc.upgrade_refused}, t.ms()))
         return skip_rest("websocket")
     try:
         results.append(ProbeResult("websocket", PASS, f"upgrade to {config.ws_url} accepted", None,
@@ -598,6 +611,79 @@ def _refuse_command(conn: Connection, signer: Signer, frame: Any) -> None:
     log.warning("doctor.command_refused", command_id=frame.id, action=frame.payload.get("action"))
 
 
+# ------------------------------------------------------------------------------------------ long-poll
+
+
+def _longpoll(config: Config, timeout: float) -> ProbeResult:
+    """The long-poll API: the identity probe, then a signed empty event_batch the brain must
+    accept. A wrong HMAC secret gets 409 there (the brain invalidates the session)."""
+    t = _Timer()
+    tls = TlsSettings(config.tls_verify, str(config.ca_bundle) if config.ca_bundle else None)
+    transport = LongPollTransport(config.brain_url, config.token.reveal(), config.key, agent_id=config.agent_id,
+                                  timeout=timeout, tls=tls)
+    details: dict[str, Any] = {"url": transport.url}
+    try:
+        transport.open()
+        info = transport.establish(_doctor_hello(), timeout)
+        details.update(agent_id=info.binding.agent_id, project_id=info.binding.project_id)
+        answer = transport.upload_now([Outgoing(FrameType.EVENT_BATCH.value, new_frame_id("ev_"), events=[])], timeout)
+    except TransportError as exc:
+        message, fix = _longpoll_problem(str(exc))
+        return ProbeResult("longpoll", FAIL, message, fix, details, t.ms())
+    finally:
+        transport.close()
+    reply = answer.json()
+    details["upload_status"] = answer.status
+    if answer.status == 200 and isinstance(reply, dict) and reply.get("accepted") == 1:
+        return ProbeResult("longpoll", PASS, f"long-poll works at {transport.url}: the probe named agent "
+                           f"{details['agent_id']}, and a signed upload was accepted (the brain holds the same key)",
+                           None, details, t.ms())
+    if answer.status == 409:
+        return ProbeResult("longpoll", FAIL, f"{_HMAC_MISMATCH} (the brain refused our signed upload: HTTP 409)",
+                           _HMAC_FIX, details, t.ms())
+    message, fix = _longpoll_problem(f"upload answered HTTP {answer.status}: {answer.body[:200]!r}")
+    return ProbeResult("longpoll", FAIL, message, fix, details, t.ms())
+
+
+def _longpoll_problem(text: str) -> tuple[str, str]:
+    if "HTTP 401" in text:
+        return (f"the brain refused the token on long-poll ({text})",
+                "set Z4J_TOKEN to the token shown when this agent was created in the brain")
+    if "HTTP 403" in text:
+        return (f"the brain refused this agent on long-poll ({text})",
+                "check the brain's Z4J_AGENT_IP_ALLOWLIST and that the agent's project is not archived")
+    if "HTTP 404" in text:
+        return (f"no z4j long-poll API at this URL ({text})",
+                "set brain_url to the brain's base URL (keep a path prefix if the brain is served under one)")
+    return (f"long-poll failed: {text}", "see the tcp and tls stages; a proxy may block /api/v1/agent/*")
+
+
+def _weigh_transports(mode: str, ws: list[ProbeResult], lp: ProbeResult) -> None:
+    """A failure of a transport this configuration does not need is a warning, not a failure; the
+    long-poll stage says which transports work and which one the agent will use."""
+    ws_ok = all(p.status == PASS for p in ws)
+    refused = bool(ws and ws[0].details.get("upgrade_refused"))
+    lp_ok = lp.status == PASS
+    if mode == "ws" or (mode == "auto" and ws_ok):
+        unused = [lp]
+    elif mode == "longpoll" or (mode == "auto" and refused and lp_ok):
+        unused = ws
+    else:
+        unused = []
+    for p in unused:
+        if p.status == FAIL:
+            p.status = WARN
+            p.message = f"(not needed with transport={mode}) {p.message}"
+    if mode == "auto":
+        uses = "WebSocket" if ws_ok else ("long-poll (a proxy refuses the upgrade)" if refused and lp_ok else "nothing")
+    else:
+        uses = {"ws": "WebSocket", "longpoll": "long-poll"}[mode] if (ws_ok if mode == "ws" else lp_ok) else "nothing"
+    lp.details["transports"] = {"ws": ws_ok, "longpoll": lp_ok, "mode": mode, "uses": uses}
+    lp.details.setdefault("lines", []).append(
+        f"WebSocket {'works' if ws_ok else 'fails'}, long-poll {'works' if lp_ok else 'fails'}; "
+        f"transport={mode} uses {uses}")
+
+
 # ------------------------------------------------------------------------------------------ runtime
 
 
@@ -634,14 +720,19 @@ def _runtime(config: Config, wait: float) -> tuple[ProbeResult, list[dict[str, A
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     path = " -> ".join([trace[0]["source"].upper()] + [e["dest"].upper() for e in trace]) if trace else "(none)"
-    details = {"path": path, "last_failure": health.get("last_failure")}
+    details = {"path": path, "last_failure": health.get("last_failure"), "transport": health.get("transport"),
+               "transport_fallback": health.get("transport_fallback"), "backoff": health.get("backoff")}
     lost = [e for e in trace if e["trigger"] in ("connect_failed", "session_lost")]
     clean = bool(trace) and trace[-1]["dest"] == "stopped"
     if reached and not lost and clean:
         to_running = sum(e["elapsed_ms"] for e in trace[: [e["dest"] for e in trace].index("running") + 1])
-        return ProbeResult("runtime", PASS, f"a real AgentRuntime reached RUNNING in {to_running:.0f} ms and "
-                           f"stopped cleanly: {path}", None, details, t.ms()), trace
+        return ProbeResult("runtime", PASS, f"a real AgentRuntime reached RUNNING over {health.get('transport')} in "
+                           f"{to_running:.0f} ms and stopped cleanly: {path}", None, details, t.ms()), trace
     why = health.get("last_failure") or ("no session within the wait" if not reached else "did not stop cleanly")
+    waiting = health.get("backoff")
+    if waiting:
+        why += (f"; next attempt at {waiting['next_attempt_at']} ({waiting['failure_class']} backoff, "
+                f"{waiting['retry_in_s']:g} s)")
     return ProbeResult("runtime", FAIL, f"the agent runtime did not hold a session: {why} ({path})",
                        "fix the first failing stage above; the runtime keeps retrying with backoff in production",
                        details, t.ms()), trace
@@ -710,7 +801,11 @@ def run_doctor(
         return skip(PROBE_NAMES[5:], "skipped: needs a valid configuration (see config)")
     if not websocket:
         return skip(PROBE_NAMES[5:], "skipped: --no-websocket")
-    probes.extend(_session(dataclasses.replace(config, handshake_timeout=min(config.handshake_timeout, step)), step))
+    ws_probes = _session(dataclasses.replace(config, handshake_timeout=min(config.handshake_timeout, step)), step)
+    lp_probe = _longpoll(config, step)
+    _weigh_transports(config.transport, ws_probes, lp_probe)
+    probes.extend(ws_probes)
+    probes.append(lp_probe)
     # The runtime runs even after a failed session stage: its trace shows how the agent reacts.
     runtime_probe, trace = _runtime(config, wait=step + min(config.handshake_timeout, step) + 1.0)
     probes.append(runtime_probe)

@@ -138,8 +138,9 @@ class Lifecycle:
         if isinstance(failure, SessionEnded):
             record["failure_class"] = failure.backoff.value
             record["reason"] = failure.reason
-        if "transport" in event.kwargs:
-            record["transport"] = event.kwargs["transport"]
+        for key in ("transport", "fallback"):
+            if key in event.kwargs:
+                record[key] = event.kwargs[key]
         self._entered_at = now
         with self._trace_lock:
             self._trace.append(record)
@@ -160,8 +161,9 @@ class Lifecycle:
             self.transport = None
             self.trigger("connect_failed", failure=session_end(exc, "connect"))
             return
-        self.transport_in_use = transport.name
-        self.trigger("connected", transport=transport.name)
+        fallback = self._rt.transports.fallback if transport.name == "longpoll" else None
+        extra = {"fallback": fallback["reason"]} if fallback else {}
+        self.trigger("connected", transport=transport.name, **extra)
 
     def on_enter_handshake(self, event: EventData) -> None:
         transport = self.transport
@@ -224,6 +226,7 @@ class Lifecycle:
     def _hold(self, transport: Transport) -> None:
         """The transport an attempt is opening, so that stop() can abort it mid-connect."""
         self.transport = transport
+        self.transport_in_use = transport.name
 
     def _end_session(self, code: int) -> None:
         if self.session is not None:

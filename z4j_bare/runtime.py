@@ -29,7 +29,7 @@ from .outbox import Outbox
 from .protocol import PROTOCOL_VERSION_TEXT, BackoffClass, FrameType, new_frame_id
 from .safety import safe_call
 from .statechart import RuntimeState
-from .transport import Outgoing, TlsSettings, Transport, WebSocketTransport
+from .transport import Outgoing, Transport, TransportChoice
 
 if TYPE_CHECKING:
     from .buffer import BufferStore
@@ -96,6 +96,7 @@ class AgentRuntime:
         if self.schedules is not None:
             self.commands.add_executor(self.schedules)
         self._health = HealthCollector(self.engines, interval=config.heartbeat_seconds)
+        self.transports = TransportChoice(config, self._key, self.stopping)
         self.lifecycle = Lifecycle(self)
 
     def __repr__(self) -> str:
@@ -213,6 +214,7 @@ class AgentRuntime:
             "ready": self.state is RuntimeState.RUNNING,
             "transport": session.transport.name if session is not None else life.transport_in_use,
             "transport_mode": self.config.transport,
+            "transport_fallback": self.transports.fallback,
             "session_id": session.info.session_id if session is not None else None,
             "session_age_seconds": None if session_age is None else round(session_age, 3),
             "backoff": dict(life.waiting) if life.waiting else None,
@@ -235,26 +237,29 @@ class AgentRuntime:
     # -- what the I/O thread asks for ------------------------------------------------------------
     @property
     def brain_url_shown(self) -> str:
-        """The brain's address as log lines show it (no credentials)."""
-        return self.config.ws_url
+        """The brain's address as log lines show it (no credentials): the URL of the transport tried."""
+        transport = self.lifecycle.transport
+        return getattr(transport, "url", None) or self.config.ws_url
 
     def next_request(self) -> str | None:
+        """What a running session must do next: "stop", "reconnect", or None (carry on)."""
         try:
-            return self._requests.get_nowait()
+            request = self._requests.get_nowait()
         except queue.Empty:
+            request = None
+        if request is not None:
+            self.reconnect_reason = None
+            return request
+        session = self.lifecycle.session
+        reason = self.transports.should_leave(session.transport) if session is not None else None
+        if reason is None:
             return None
+        self.reconnect_reason = reason
+        return "reconnect"
 
     def open_transport(self, hold: Callable[[Transport], None]) -> Transport:
-        """Build and open this attempt's transport; ``hold`` learns it before it blocks."""
-        cfg = self.config
-        transport = WebSocketTransport(
-            cfg.ws_url, cfg.token.reveal(), self._key, timeout=cfg.connect_timeout,
-            tls=TlsSettings(cfg.tls_verify, str(cfg.ca_bundle) if cfg.ca_bundle else None),
-            heartbeat_default=float(cfg.heartbeat_seconds), stopping=self.stopping,
-        )
-        hold(transport)
-        transport.open()
-        return transport
+        """Build and open this attempt's transport (see transport.select); ``hold`` learns it first."""
+        return self.transports.open(hold)
 
     def hello_payload(self) -> dict[str, Any]:
         caps = {name: adapter.advertised_capabilities() for name, adapter in self.engines.items()}

@@ -27,6 +27,7 @@ from .dispatch import FrameDispatch
 from .faults import BrainFaults
 from .framelog import FrameLog, Listeners
 from .lanes import BatchIngest
+from .longpoll import LongPollEndpoint
 from .records import AgentCredentials, CommandRecord
 from .schedule_desk import ScheduleDesk
 from .server import BrainServer
@@ -89,6 +90,11 @@ class LocalBrain:
         self.frames.add(FrameType.COMMAND_RESULT, self.delivery.on_result)
         self.schedules = ScheduleDesk(self)  # the Schedules page: activation, snapshots, control, mutation
         self.socket = AgentSocket(
+            settings=self.settings, server=self.server, agents=self.registry, hub=self.hub, frames=self.frames,
+            ingest=self.ingest, commands=self.delivery, faults=self.faults, frame_log=self.frame_log,
+        )
+        # HTTPS long-poll (GET /api/v1/agent/commands, POST /api/v1/agent/events) on the same port.
+        self.longpoll = LongPollEndpoint(
             settings=self.settings, server=self.server, agents=self.registry, hub=self.hub, frames=self.frames,
             ingest=self.ingest, commands=self.delivery, faults=self.faults, frame_log=self.frame_log,
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -132,6 +133,8 @@ class Transport(ABC):
         self._max_frame = DEFAULT_MAX_FRAME_BYTES
         self._receipts: deque[Receipt] = deque()
         self._receipts_lock = threading.Lock()
+        #: Monotonic time anything last came from the brain (frames, acks, HTTP answers).
+        self.last_heard = time.monotonic()
 
     @abstractmethod
     def open(self) -> None:
@@ -173,14 +176,17 @@ class Transport(ABC):
     def _sign(self, frame: Outgoing) -> bytes | None:
         """The signed bytes, or None (and a refusal receipt) when the frame exceeds the brain's
         frame size: sending it would only make the brain end the session."""
+        data = self._sign_within_limit(frame)
+        if data is None:
+            self._add_receipt(Receipt(frame.key, False, f"signed frame over the brain's {self._max_frame}-byte "
+                                                           "frame limit"))
+        return data
+
+    def _sign_within_limit(self, frame: Outgoing) -> bytes | None:
         if self._signer is None:
             raise TransportError("send before the handshake")
         data = frame.sign(self._signer)
-        if len(data) > self._max_frame:
-            self._add_receipt(Receipt(frame.key, False, f"{len(data)} bytes signed, over the brain's "
-                                                           f"{self._max_frame}-byte frame limit"))
-            return None
-        return data
+        return data if len(data) <= self._max_frame else None
 
     def _verify(self, data: bytes | str) -> Frame:
         if self._verifier is None:

@@ -211,6 +211,7 @@ class WebSocketTransport(Transport):
         data = self._conn.recv(timeout)
         if data is None:
             return None
+        self.last_heard = time.monotonic()
         frame = self._verify(data)
         return self._ack_receipt(frame) or frame
 
