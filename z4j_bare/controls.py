@@ -187,7 +187,6 @@ class ControlFrames:
             control = self._sent.pop(key, None)
             if control is None:
                 return False
-            del self._known[key]
             rows = list(control.row_ids)
             if not rows:
                 self._settled_unseen[key] = None
@@ -199,6 +198,8 @@ class ControlFrames:
                 self._buffer.delete(rows)
         else:
             self._drop_rows(rows, reason or "refused by the brain", count=1)
+        with self._lock:  # only now idle: flush() may trust that the row is gone and loss counted
+            self._known.pop(key, None)
         return True
 
     def reset(self) -> None:
