@@ -14,9 +14,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .commands_pool import DaemonPool
 from .engines.base import CommandFailed, CommandRequest, EngineAdapter
 from .events import EventKind
 from .logs import get_logger
@@ -64,7 +64,7 @@ class CommandChannel:
         self._orchestrated = orchestrated
         self._exit_process = exit_process
         self._redactor = redactor
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="z4j-command")
+        self._pool = DaemonPool(workers, "z4j-command")
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
         self._queued = 0
@@ -251,8 +251,10 @@ class CommandChannel:
         self._emit(FrameType.COMMAND_RESULT.value, command_id,
                    {"status": status, "result": result, "error": error, "delivery_claim_token": claim})
 
-    def shutdown(self, wait: bool = False) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+    def shutdown(self) -> None:
+        """Commands not started are dropped (the brain times them out); running ones finish on
+        daemon threads that never hold up the interpreter's exit."""
+        self._pool.shutdown()
 
 
 def dedupe_key(command_id: str, action: str, params: Mapping[str, Any]) -> str:

@@ -72,6 +72,7 @@ class AgentRuntime:
         self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         #: Set once by stop(): every wait of the I/O thread ends early on it.
         self.stopping = threading.Event()
+        self._stopped = threading.Event()  # the first stop() has returned
         self.stop_deadline = 0.0
         self.reconnect_reason: str | None = None
         self._handlers: list[FrameHandler] = []
@@ -140,10 +141,15 @@ class AgentRuntime:
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Drain within ``timeout`` seconds, close cleanly, join. Idempotent; True if fully drained."""
+        """Drain within ``timeout`` seconds, close cleanly, join. Idempotent; True if fully drained.
+
+        Once a stop() has returned, later calls (the exit hook's too) return at once: whatever
+        the I/O thread still does then is cut short, and a daemon thread never holds up exit."""
         timeout = self.config.stop_timeout if timeout is None else max(0.0, timeout)
         if os.getpid() != self._owner_pid:
             return False  # a forked child never owns the connection
+        if self._stopped.is_set():
+            return self.buffer.depth() == 0
         deadline = time.monotonic() + timeout
         with self._lifecycle_lock:
             thread = self._thread
@@ -169,13 +175,14 @@ class AgentRuntime:
             for adapter in self.engines.values():
                 safe_call(adapter.detach, site="runtime.detach")
             self._health.stop()
-            self.commands.shutdown(wait=False)
+            self.commands.shutdown()
             if self.schedules is not None:
                 safe_call(self.schedules.stop, site="runtime.stop_schedules")
             safe_call(self.buffer.checkpoint, site="runtime.checkpoint")
         drained = self.buffer.depth() == 0
         if first:
             log.info("runtime.stopped", drained=drained, buffered=self.buffer.depth())
+            self._stopped.set()
         return drained
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -37,6 +37,8 @@ MAX_INBOUND_BYTES = 1_048_576
 # Statuses a brain itself answers an upgrade with for credentials; any other plain HTTP answer
 # comes from something on the path that does not pass WebSocket upgrades.
 _AUTH_STATUSES = frozenset({401, 403})
+# How long a clean close waits for the brain's close frame (abort() cuts it short).
+CLOSE_WAIT_SECONDS = 2.0
 
 
 class Connection:
@@ -46,6 +48,7 @@ class Connection:
         self._timeout = timeout
         self._tls = tls or TlsSettings()
         self._ws: websocket.WebSocket | None = None
+        self._closing: websocket.WebSocket | None = None
         self.handshake_phase = True
 
     def __repr__(self) -> str:
@@ -127,14 +130,20 @@ class Connection:
         return None  # ping/pong handled by the library
 
     def close(self, code: int = 1000) -> None:
-        ws, self._ws = self._ws, None
+        ws = self._ws
         if ws is None:
             return
+        # The socket stays reachable for abort() while the close handshake waits for the peer:
+        # a brain that does not answer (stopped, or busy ingesting) must not hold stop() or exit.
+        self._closing = ws
+        self._ws = None
         try:
-            ws.settimeout(2.0)
-            ws.close(status=code, timeout=2.0)
+            ws.settimeout(CLOSE_WAIT_SECONDS)
+            ws.close(status=code, timeout=CLOSE_WAIT_SECONDS)
         except Exception:  # noqa: BLE001 - closing a dead socket must not raise
             pass
+        finally:
+            self._closing = None
         try:
             ws.shutdown()
         except Exception:  # noqa: BLE001
@@ -142,13 +151,13 @@ class Connection:
 
     def abort(self) -> None:
         """Thread-safe: wake any blocked I/O by shutting the socket down."""
-        ws = self._ws
-        sock = ws.sock if ws is not None else None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        for ws in (self._ws, self._closing):
+            sock = ws.sock if ws is not None else None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _require(self) -> websocket.WebSocket:
         if self._ws is None:
