@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from dramatiq_app.defs import NS, REDIS_URL, _client
+from dramatiq_app.defs import AMQP_URL, NS, REDIS_URL, _client
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = TESTS_DIR.parent
@@ -105,6 +105,13 @@ def undelivered(home: Path) -> int:
     return left
 
 
+def assert_clean_log(log: str) -> None:
+    """No capture error, swallowed agent error or failed agent start in a command's log."""
+    for problem in ("safety.swallowed", "capture_off", "Unexpected failure", "agent_not_started",
+                    "no_agent_process"):
+        assert problem not in log, log[-6000:]
+
+
 def flush_namespace() -> None:
     for key in _client.scan_iter(match=f"{NS}*"):
         _client.delete(key)
@@ -112,5 +119,5 @@ def flush_namespace() -> None:
         _client.delete(key)
 
 
-__all__ = ["NS", "REDIS_URL", "Command", "command_env", "flush_namespace", "marker_exists", "marker_value",
+__all__ = ["AMQP_URL", "NS", "REDIS_URL", "Command", "assert_clean_log", "command_env", "flush_namespace", "marker_exists", "marker_value",
            "undelivered", "wait_for"]
