@@ -140,8 +140,8 @@ def main() -> None:
 
         # ---- drain: read 5000 + ack (delete) until empty
         t = time.perf_counter()
-        total = drain_store.depth()  # moves the spooled rows into SQLite (what the owner does as
-        ingest_rate = total / (time.perf_counter() - t)  # they arrive, also while the brain is away)
+        total = drain_store.depth_after_ingest()  # moves the spooled rows into SQLite (what the owner
+        ingest_rate = total / (time.perf_counter() - t)  # does as they arrive, also while the brain is away)
         t = time.perf_counter()
         after = 0
         got = 0

@@ -88,9 +88,11 @@ def test_row_cap_evicts_oldest_first_and_counts_by_kind(tmp_path):
             s.append("command_result", f"r{i}")
         for i in range(700):
             s.append("event", f"e{i}", "celery" if i % 2 else "rq")
+        s.ingest()  # the owner's I/O thread moves spooled rows in; depth() only reads
         assert s.depth() == 1000
         for i in range(500):
             assert s.append("heartbeat", f"h{i}")
+        s.ingest()
         depth = s.depth()
         assert 1000 - 5 <= depth <= 1000  # slack: 0.5% of the cap
         rows = s.read(limit=10_000)
@@ -113,6 +115,7 @@ def test_byte_cap(tmp_path):
         body = "x" * 1000
         for _ in range(200):
             assert s.append("event", body, "celery")
+        s.ingest()
         assert s.size_bytes() <= 64 * 1024
         assert s.depth() >= 60
         assert s.telemetry_loss()["event_records"] == 200 - s.depth()
@@ -228,7 +231,9 @@ def test_corrupt_or_foreign_file_is_set_aside(tmp_path, content):
         s = BufferStore.open_for_deployment(tmp_path, "dep")
     try:
         assert s.path == path
-        assert s.append("event", "fresh") and s.depth() == 1
+        assert s.append("event", "fresh")
+        s.ingest()
+        assert s.depth() == 1
         aside = [p for p in os.listdir(tmp_path) if ".corrupt-" in p]
         assert len(aside) == 1 and aside[0].startswith("buffer-dep.sqlite.corrupt-")
         assert s.stats()["corrupt_files_set_aside"] == 1

@@ -107,6 +107,7 @@ def test_forked_children_append_while_parent_drains(tmp_path):
         assert not alive
         got += _drain_all(owner)
         assert owner.owner and owner.append("event", "parent:after")
+        owner.ingest()
         assert got[0] == "parent:before-fork"
         assert len(got) == len(set(got)) == 1 + 3 * 401
         for c in range(3):

@@ -85,7 +85,9 @@ def test_status_reads_a_live_buffer_without_taking_its_lock(capsys, tmp_path):
         assert info["loss"]["event_records"] == 2 and info["loss"]["adapter_events"] == {"celery": 2}
         assert info["oldest_age_seconds"] is not None
         # Still the owner's buffer: status took nothing away from it.
-        assert store.append("event", "{}") and store.depth() == 4
+        assert store.append("event", "{}")
+        store.ingest()
+        assert store.depth() == 4
         code, out, _ = _run(capsys, "status", "--home", str(tmp_path))
         assert code == 0 and "depth 4" in out and f"live agent pid {os.getpid()}" in out
     finally:

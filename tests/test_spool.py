@@ -141,7 +141,7 @@ def test_unicode_and_big_bodies_round_trip(tmp_path):
         s.close()
 
 
-def test_depth_waits_for_an_ingest_in_progress_instead_of_missing_its_rows(tmp_path):
+def test_depth_after_ingest_waits_for_an_ingest_in_progress_instead_of_missing_its_rows(tmp_path):
     import threading
 
     s = BufferStore(tmp_path / "b.sqlite")
@@ -150,10 +150,10 @@ def test_depth_waits_for_an_ingest_in_progress_instead_of_missing_its_rows(tmp_p
             s.append("event", f"e{i}")
         s._ingest.lock.acquire()  # as if the I/O thread were moving rows right now
         got: list[int] = []
-        reader = threading.Thread(target=lambda: got.append(s.depth()))
+        reader = threading.Thread(target=lambda: got.append(s.depth_after_ingest()))
         reader.start()
         reader.join(0.3)
-        assert reader.is_alive(), "depth() answered while rows were being moved"
+        assert reader.is_alive(), "depth_after_ingest() answered while rows were being moved"
         s._ingest.lock.release()
         reader.join(5)
         assert got == [10]

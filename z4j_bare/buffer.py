@@ -18,6 +18,13 @@ Hot path = one ``write()`` to this process's spool file: a SQLite commit costs a
 several file locks, which a busy Celery main process felt on every event. A row that may not fit
 ``max_bytes``, a spool that cannot be written, or a spool past ``max_bytes`` with nobody
 emptying it, fall back to one prepared INSERT in autocommit, whose caps then apply.
+
+Reads never write. ``depth()``, ``size_bytes()``, ``oldest_age()``, ``telemetry_loss()``,
+``stats()`` and ``seen_command()`` read what is committed, on a query-only connection, so any
+thread (a health probe) may call them cheaply. The owner's I/O thread keeps that state current
+by calling ``ingest()`` (spooled records into SQLite, in-memory loss counts committed) a few
+times a second; ``read()``, the drainer's call, ingests first, and ``depth_after_ingest()`` is
+the explicit "ingest, then read" for the callers that must not miss a spooled row.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .logs import get_logger
 from .storage import connections, entries, location, opening
@@ -56,6 +63,8 @@ from .storage.spool import SpoolAppender, spool_dir_for
 __all__ = ["FORMAT", "LOSS_KEYS", "BufferRow", "BufferStorageError", "BufferStore"]
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 
 
@@ -230,14 +239,28 @@ class BufferStore:
     # ------------------------------------------------------------------ spool -> SQLite
 
     def ingest(self) -> int:
-        """Owner: move spooled records (every process's) into SQLite; returns rows moved.
+        """Owner's I/O duty: move spooled records (every process's) into SQLite and commit the
+        loss counts this process holds in memory; returns rows moved. Never raises.
 
-        Called by read() and the totals, so they count spooled rows too; a thread that finds
-        another one ingesting waits for it (depth() must never miss rows being moved).
+        The reads below (depth, telemetry, stats) never do this themselves: they report what the
+        owner's I/O thread has kept current by calling it (a few times a second). A second caller
+        waits for a pass in progress, so ``ingest(); depth()`` never misses rows being moved.
         """
-        if not self._spool_on or not self.owner or self._closed:
+        if self._closed or not self.owner:
             return 0
-        return self._ingest.run(self._entries, self._conns.write_lock, self._conns.writer)
+        moved = 0
+        if self._spool_on:
+            moved = self._ingest.run(self._entries, self._conns.write_lock, self._conns.writer)
+        if self._loss.dirty:
+            with self._conns.write_lock:
+                self._loss.flush(self._conns.writer)
+        return moved
+
+    def depth_after_ingest(self) -> int:
+        """``ingest()`` then ``depth()``: for the callers that must not miss a spooled row (the
+        drain, ``flush()``, ``stop()``); health probes use ``depth()``."""
+        self.ingest()
+        return self.depth()
 
     # ------------------------------------------------------------------ drain side
 
@@ -279,24 +302,24 @@ class BufferStore:
                 rollback(conn)
                 raise
 
-    def _totals(self) -> tuple[int, int]:
+    # ------------------------------------------------------------------ pure reads
+
+    def _probe(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``read`` on this process's query-only connection: it cannot write, and it never
+        waits behind the drain or an append."""
         self._ensure_process()
-        self.ingest()
-        with self._conns.drain_lock:
-            return entries.totals(self._conns.drain())
+        with self._conns.probe_lock:
+            return read(self._conns.probe())
 
     def depth(self) -> int:
-        """Rows waiting (exact, O(log n))."""
-        return self._totals()[0]
+        """Rows committed and waiting (exact, O(log n)); spooled records count once ingested."""
+        return self._probe(entries.totals)[0]
 
     def size_bytes(self) -> int:
-        return self._totals()[1]
+        return self._probe(entries.totals)[1]
 
     def oldest_age(self) -> float | None:
-        self._ensure_process()
-        self.ingest()
-        with self._conns.drain_lock:
-            created = entries.oldest_created_at(self._conns.drain())
+        created = self._probe(entries.oldest_created_at)
         return None if created is None else max(0.0, time.time() - created)
 
     # ------------------------------------------------------------------ telemetry
@@ -330,22 +353,15 @@ class BufferStore:
         except Exception:  # noqa: BLE001, S110 - kept in memory; reported anyway
             pass
 
-    def _read_loss(self) -> list[tuple[str, str, int]]:
-        self._ensure_process()
-        with self._conns.drain_lock:
-            return read_persisted(self._conns.drain())
-
     def telemetry_loss(self) -> dict[str, Any]:
-        """protocol.md 2.3 ``telemetry_loss`` object (exact key set; brain validates strictly)."""
-        self._flush_loss()
-        counters = self._loss.view(self._read_loss)
+        """protocol.md 2.3 ``telemetry_loss`` object (exact key set; brain validates strictly):
+        the ledger in the file plus this process's counts not committed yet. A pure read."""
+        counters = self._loss.view(lambda: self._probe(read_persisted))
         return {"buffer_id": self.buffer_id, "runtime_id": f"{self.buffer_id}:{os.getpid()}", **counters}
 
     def stats(self) -> dict[str, Any]:
-        """Local diagnostics (not sent on the wire)."""
-        rows, nbytes = self._totals()
-        with self._conns.drain_lock:
-            set_aside_count = corrupt_count(self._conns.drain())
+        """Local diagnostics (not sent on the wire). A pure read."""
+        rows, nbytes, set_aside_count = self._probe(lambda conn: (*entries.totals(conn), corrupt_count(conn)))
         return {"path": str(self.path), "buffer_id": self.buffer_id, "owner": self.owner,
                 "rows": rows, "bytes": nbytes, "max_rows": self.max_rows, "max_bytes": self.max_bytes,
                 "corrupt_files_set_aside": set_aside_count, "append_failures": self._loss.append_failures,
@@ -354,9 +370,7 @@ class BufferStore:
     # ------------------------------------------------------------------ command dedupe
 
     def seen_command(self, key: str) -> bool:
-        self._ensure_process()
-        with self._conns.drain_lock:
-            return self._dedupe.seen(self._conns.drain(), key)
+        return self._probe(lambda conn: self._dedupe.seen(conn, key))
 
     def remember_command(self, key: str, ttl_seconds: float) -> None:
         self._ensure_process()

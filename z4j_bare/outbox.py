@@ -113,7 +113,7 @@ class Outbox:
         """
         handled = 0
         if linger and self._clock() - self._last_send < LINGER_SECONDS:
-            unsent = self._buffer.depth() - sum(len(b.row_ids) for b in self._inflight.values())
+            unsent = self._buffer.depth_after_ingest() - sum(len(b.row_ids) for b in self._inflight.values())
             if unsent < self._read_limit():
                 return 0  # not even a full frame waiting: do not read it yet
         while len(self._inflight) < self._max_inflight:

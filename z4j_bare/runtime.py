@@ -179,9 +179,10 @@ class AgentRuntime:
             if self.schedules is not None:
                 safe_call(self.schedules.stop, site="runtime.stop_schedules")
             safe_call(self.buffer.checkpoint, site="runtime.checkpoint")
-        drained = self.buffer.depth() == 0
+        left = self.buffer.depth_after_ingest()
+        drained = left == 0
         if first:
-            log.info("runtime.stopped", drained=drained, buffered=self.buffer.depth())
+            log.info("runtime.stopped", drained=drained, buffered=left)
             self._stopped.set()
         return drained
 
@@ -189,7 +190,7 @@ class AgentRuntime:
         """Wait until every buffered row has been delivered (events acked); False on timeout."""
         deadline = time.monotonic() + timeout
         while True:
-            if self.buffer.depth() == 0 and self.outbox.idle and self.controls.idle:
+            if self.buffer.depth_after_ingest() == 0 and self.outbox.idle and self.controls.idle:
                 return True
             if time.monotonic() >= deadline:
                 return False

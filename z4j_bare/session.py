@@ -76,7 +76,7 @@ class Session:
         while time.monotonic() < deadline:
             self._send_controls()
             moved = rt.outbox.pump(self.transport.send, linger=False)
-            if not moved and rt.outbox.idle and rt.controls.idle and rt.buffer.depth() == 0:
+            if not moved and rt.outbox.idle and rt.controls.idle and rt.buffer.depth_after_ingest() == 0:
                 return True
             self._receive(min(IDLE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         return False

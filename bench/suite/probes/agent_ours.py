@@ -84,7 +84,7 @@ def backlog(n: int, per_event: int) -> None:
     for start in range(per_event, n, 1000):
         sink.emit_many([("task.received", f"b-{i}", DATA, None) for i in range(start, min(n, start + 1000))])
     rss2 = procstat.rss_mib()
-    depth = runtime.buffer.depth()
+    depth = runtime.buffer.depth_after_ingest()  # (the I/O thread would within a second)
     out(stage="filled", rss_before=rss0, rss_installed=rss1, rss_after_burst=rss2, depth=depth,
         capture_cpu_per_1000=capture_cpu / per_event * 1000, capture_us_per_event=capture_wall / per_event * 1e6,
         evicted=runtime.buffer.telemetry_loss())
@@ -98,7 +98,7 @@ def backlog(n: int, per_event: int) -> None:
             break
         time.sleep(0.005)
     t_done = time.perf_counter()
-    remaining = runtime.buffer.depth()
+    remaining = runtime.buffer.depth_after_ingest()
     out(stage="drained", events=depth - remaining, remaining=remaining, reconnect_seconds=t_conn - t_go,
         drain_seconds=t_done - t_conn, cpu_seconds=procstat.cpu() - cpu0, io_thread_cpu=procstat.thread_cpu(io) - io0,
         rss_after_drain=procstat.rss_mib())
