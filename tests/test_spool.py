@@ -198,3 +198,26 @@ def test_an_ingest_that_fails_keeps_the_records_spooled_until_it_succeeds(tmp_pa
         assert s.telemetry_loss()["unclassified_frames"] == 0
     finally:
         s.close()
+
+
+def test_a_new_spool_file_is_never_visible_before_its_writer_locks_it(tmp_path, monkeypatch):
+    """An owner that found a new file unlocked would finish and remove it under its writer."""
+    import fcntl
+
+    s = BufferStore(tmp_path / "b.sqlite")
+    seen_unlocked: list[str] = []
+    real_flock = fcntl.flock
+
+    def flock_then_look(fd, op):  # the instant between the writer's create and its lock
+        if op == fcntl.LOCK_EX | fcntl.LOCK_NB and not seen_unlocked:
+            seen_unlocked.extend(s._ingest.reader.names())
+        return real_flock(fd, op)
+
+    try:
+        monkeypatch.setattr(fcntl, "flock", flock_then_look)
+        assert s.append("event", "first")
+        monkeypatch.undo()
+        assert seen_unlocked == [], "the spool file was listed before its writer held its lock"
+        assert bodies(s) == ["first"] and len(spool_files(s)) == 1
+    finally:
+        s.close()

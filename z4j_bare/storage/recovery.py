@@ -59,6 +59,7 @@ def remove_files(path: Path, lock: SidecarLock) -> None:
     spool = SpoolReader(spool_dir_for(path))
     for name in spool.names():
         spool.remove(name)
+    spool.remove_staging()
     for p in (path, *location.side_files(path)):
         try:
             os.unlink(p)

@@ -12,8 +12,9 @@ transaction as the rows, so a crash at any point delivers every record at least 
 never skips one.
 
 Files: ``<buffer>.spool/<pid>-<random>.log``, one per writing process (a forked child opens
-its own), each held with an exclusive ``flock`` by its writer for as long as it is open. A file
-the owner can lock is finished (its writer rotated or died) and is removed once consumed.
+its own), each held with an exclusive ``flock`` by its writer for as long as it is open (it is
+created as ``.new`` and renamed once locked, so no reader ever sees it unlocked). A file the
+owner can lock is finished (its writer rotated or died) and is removed once consumed.
 
 Record: ``<u32 payload length><u32 crc32(payload)>`` then the payload
 ``<f64 created_at><u8 len(kind)><u8 len(engine)>kind engine body`` (UTF-8). A record cut short
@@ -46,6 +47,7 @@ READ_CHUNK = 256 << 10
 #: A length field above this is corruption, not a record still being written.
 MAX_RECORD = 64 << 20
 SUFFIX = ".log"
+STAGING_SUFFIX = ".new"  # a file being created (not yet locked by its writer): readers skip it
 #: Spool writes between two checks of the spool's size against the buffer's max_bytes.
 CHECK_EVERY = 1024
 
@@ -131,14 +133,23 @@ class SpoolWriter:
         self._pid = os.getpid()
 
     def _open(self) -> None:
+        # Created under a name the owner ignores, locked, then renamed into place: an owner that
+        # saw the file between its creation and our flock would take it for a dead writer's
+        # empty file, finish it and remove it, and every record we then wrote would be lost.
         self.directory.mkdir(mode=0o700, exist_ok=True)
-        name = f"{os.getpid()}-{os.urandom(6).hex()}{SUFFIX}"
-        fd = os.open(self.directory / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        name = f"{os.getpid()}-{os.urandom(6).hex()}"
+        staging = self.directory / (name + STAGING_SUFFIX)
+        fd = os.open(staging, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(staging, self.directory / (name + SUFFIX))
         except OSError:
             os.close(fd)
+            try:
+                os.unlink(staging)
+            except OSError:
+                pass
             raise
         self._fd = fd
         self._size = 0
@@ -273,6 +284,15 @@ class SpoolReader:
             batch.finished.append(name)
         if end != offset:
             batch.offsets[name] = end
+
+    def remove_staging(self) -> None:
+        """Remove files a writer died creating (empty: nothing was written to them)."""
+        try:
+            names = [n for n in os.listdir(self.directory) if n.endswith(STAGING_SUFFIX)]
+        except OSError:
+            return
+        for name in names:
+            self.remove(name)
 
     def remove(self, name: str) -> None:
         try:
