@@ -149,7 +149,7 @@ class AgentRuntime:
         if os.getpid() != self._owner_pid:
             return False  # a forked child never owns the connection
         if self._stopped.is_set():
-            return self.buffer.depth() == 0
+            return self.buffer.depth_after_ingest() == 0
         deadline = time.monotonic() + timeout
         with self._lifecycle_lock:
             thread = self._thread
