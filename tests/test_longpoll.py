@@ -62,14 +62,43 @@ def test_409_ends_the_session_and_the_next_one_has_a_fresh_nonce(brain):
 
 
 def test_413_halves_the_upload_and_nothing_is_lost(brain):
-    runtime, engine = _running(brain, max_batch_events=10, max_inflight_frames=8)
-    brain.longpoll.faults.max_upload_frames = 2
-    for i in range(200):
+    runtime, engine = _running(brain, max_batch_events=5, max_inflight_frames=8)
+    brain.longpoll.faults.max_upload_frames = 1
+    for i in range(60):
         engine.emit_task(f"big{i}", "task.received")
     assert runtime.flush(20), runtime.health()
     runtime.stop()
-    assert brain.event_count() == 200 and ("events", 413) in brain.longpoll.refusals
+    assert brain.event_count() == 60 and ("events", 413) in brain.longpoll.refusals
     assert runtime.buffer.telemetry_loss()["content_rejected_frames"] == 0
+
+
+def test_the_brains_body_limit_shrinks_the_frames_and_nothing_is_lost(brain):
+    brain.longpoll.max_body_bytes = 3000  # below the 8 KiB the agent starts with (brain 1.13's default)
+    runtime, engine = _running(brain)
+    for i in range(300):
+        engine.emit_task(f"small{i}", "task.received", note="x" * 100)
+    assert runtime.flush(30), runtime.health()
+    assert brain.event_count() == 300 and ("events", 413) in brain.longpoll.refusals
+    assert runtime.buffer.telemetry_loss()["content_rejected_frames"] == 0
+    # An event the brain can never take in one upload is dropped and counted, not retried forever.
+    engine.emit_task("huge", "task.received", note="y" * 5000)
+    engine.emit_task("after-huge", "task.received")
+    assert runtime.flush(15), runtime.health()
+    runtime.stop()
+    assert brain.events(task_id="after-huge") and not brain.events(task_id="huge")
+    assert runtime.buffer.telemetry_loss()["content_rejected_frames"] == 1
+
+
+def test_uploads_grow_while_the_brain_takes_them(brain):
+    brain.longpoll.max_body_bytes = 4 * 2**20
+    runtime, engine = _running(brain)
+    for i in range(3000):
+        engine.emit_task(f"g{i}", "task.received", note="z" * 100)
+    assert runtime.flush(30), runtime.health()
+    transport = runtime.lifecycle.session.transport
+    assert transport.frame_limit > 100_000 and brain.longpoll.refusals == []
+    runtime.stop()
+    assert brain.event_count() == 3000
 
 
 def test_422_is_bisected_to_the_refused_frame_which_is_counted_as_lost(brain):

@@ -80,6 +80,7 @@ class Outbox:
         self._resend_after = resend_after
         self._clock = clock
         self._max_frame = DEFAULT_MAX_FRAME_BYTES
+        self._target_frame = DEFAULT_MAX_FRAME_BYTES
         self._cursor = 0
         self._inflight: dict[str, InflightBatch] = {}
         self._head_since = 0.0
@@ -92,7 +93,33 @@ class Outbox:
     # -- session lifecycle -------------------------------------------------------------------
     def reset(self, max_frame_bytes: int | None) -> None:
         """New session: forget what was in flight; unconfirmed rows will be read and sent again."""
-        self._max_frame = max_frame_bytes or DEFAULT_MAX_FRAME_BYTES
+        self._max_frame = self._target_frame = max_frame_bytes or DEFAULT_MAX_FRAME_BYTES
+        self._cursor = 0
+        self._inflight.clear()
+
+    @property
+    def target_frame(self) -> int:
+        return self._target_frame
+
+    @target_frame.setter
+    def target_frame(self, size: int) -> None:
+        """The frame size to build now, at most the brain's frame limit: long-poll learns the
+        brain's upload limit as it goes. An event over it but within the limit goes alone."""
+        self._target_frame = max(ENVELOPE_OVERHEAD + 64, min(int(size), self._max_frame))
+
+    def on_too_large(self, frame_id: str) -> None:
+        """The transport could not carry this batch at its size (a long-poll upload limit; the
+        transport has lowered ``target_frame`` already). A batch of one event: the event is
+        more than the brain takes, and is dropped and counted. Otherwise every unconfirmed row
+        is read again at the smaller size (a row delivered meanwhile arrives twice at most, and
+        the brain drops the second copy by event id)."""
+        batch = self._inflight.get(frame_id)
+        if batch is None:
+            return
+        if len(batch.row_ids) == 1:
+            self.on_rejected(frame_id, "event larger than the brain accepts in one upload")
+            return
+        log.info("outbox.frame_too_large", frame_id=frame_id, events=len(batch.row_ids), target=self._target_frame)
         self._cursor = 0
         self._inflight.clear()
 
@@ -128,11 +155,12 @@ class Outbox:
 
     def _read_limit(self) -> int:
         # Rows past the frame's byte budget would be read only to be read again for the next frame.
-        fits = (self._max_frame - ENVELOPE_OVERHEAD) // max(self._row_bytes, 1)
+        fits = (self._target_frame - ENVELOPE_OVERHEAD) // max(self._row_bytes, 1)
         return max(1, min(self.batch_target, fits + fits // 16))
 
     def _ship(self, rows: list, send: Send) -> int:
-        budget = self._max_frame - ENVELOPE_OVERHEAD
+        limit = self._max_frame - ENVELOPE_OVERHEAD
+        budget = self._target_frame - ENVELOPE_OVERHEAD
         ids: list[int] = []
         texts: list[str] = []
         size = 0
@@ -144,11 +172,11 @@ class Outbox:
                 continue
             body = row.body
             n = (len(body) if body.isascii() else len(body.encode("utf-8"))) + 1
-            if n > budget:
+            if n > limit:
                 rejected.append(row.id)
                 self._cursor = row.id
                 continue
-            if size + n > budget or len(texts) >= self.batch_target:
+            if texts and (size + n > budget or len(texts) >= self.batch_target):
                 break
             ids.append(row.id)
             texts.append(row.body)

@@ -64,6 +64,7 @@ class Session:
             if now >= next_adopt:
                 safe_call(self._rt.buffer.adopt_orphans, site="runtime.adopt_orphans")
                 next_adopt = now + ADOPT_EVERY_SECONDS
+            self._rt.outbox.target_frame = self.transport.frame_limit
             moved = self._rt.outbox.pump(self.transport.send)
             if self._resend:
                 self._rt.outbox.resend_due(self.transport.send)
@@ -75,6 +76,7 @@ class Session:
         rt = self._rt
         while time.monotonic() < deadline:
             self._send_controls()
+            rt.outbox.target_frame = self.transport.frame_limit
             moved = rt.outbox.pump(self.transport.send, linger=False)
             if not moved and rt.outbox.idle and rt.controls.idle and rt.buffer.depth_after_ingest() == 0:
                 return True
@@ -114,6 +116,8 @@ class Session:
         if frame_type == FrameType.EVENT_BATCH.value and outbox.owns(frame_id):
             if receipt.delivered:
                 outbox.on_ack(frame_id)
+            elif receipt.too_large:
+                outbox.on_too_large(frame_id)
             else:
                 outbox.on_rejected(frame_id, receipt.reason or "refused by the brain")
             return

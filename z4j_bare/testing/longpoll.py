@@ -13,6 +13,8 @@
   ``withhold_acks`` knob holds back) counts rejected, so the agent sends it again. The answer is
   ``{"accepted", "rejected", "errors", "error_code"}``.
 * Both answer with ``X-Z4J-Agent-Id``, ``X-Z4J-Project-Id`` and ``X-Z4J-LongPoll-Worker``.
+* A request body over ``max_body_bytes`` (8 KiB, the real brain's default
+  ``Z4J_MAX_PAYLOAD_SIZE_BYTES``) gets 413 before anything else.
 
 A long-poll session is a ``session.Session`` whose channel queues the brain's frames for the
 next poll, registered with the hub without a worker slot (no ``agent_workers`` row, like the
@@ -60,6 +62,9 @@ MAX_UPLOAD_FRAMES = 500
 SESSION_IDLE_TTL = 300.0
 MAX_SESSIONS_PER_AGENT = 16
 MAX_SESSIONS = 4096
+#: Brain 1.13 refuses any REST body over Z4J_MAX_PAYLOAD_SIZE_BYTES (default 8 KiB) with 413,
+#: long-poll uploads included.
+DEFAULT_MAX_BODY_BYTES = 8192
 
 
 @dataclass
@@ -160,6 +165,8 @@ class LongPollEndpoint:
         self._brain_faults = faults
         self._log = frame_log
         self.faults = LongPollFaults()
+        #: Like the real brain's Z4J_MAX_PAYLOAD_SIZE_BYTES: a larger request body gets 413.
+        self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
         self._sessions: dict[tuple[str, str], _LpSession] = {}
         self._invalid: dict[tuple[str, str], float] = {}
         self.requests = {"events": 0, "commands": 0}
@@ -202,6 +209,9 @@ class LongPollEndpoint:
         return HttpResponse.json(200, {"frames": frames}, headers)
 
     async def _events_answer(self, request: HttpRequest) -> HttpResponse:
+        if len(request.body) > self.max_body_bytes:
+            self.requests["events"] += 1
+            raise HttpError(413, f"request body over {self.max_body_bytes} bytes")
         agent, headers = await self._admit(request, "events")
         frames = self._upload_frames(request)
         if self.faults.max_upload_frames is not None and len(frames) > self.faults.max_upload_frames:

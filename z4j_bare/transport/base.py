@@ -112,11 +112,13 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """The brain has the frame ``key`` (``delivered``), or refused it for its content."""
+    """The brain has the frame ``key`` (``delivered``), or refused it: for its content, or, with
+    ``too_large``, for its size alone (a smaller frame with the same content may pass)."""
 
     key: FrameKey
     delivered: bool = True
     reason: str | None = None
+    too_large: bool = False
 
 
 class Transport(ABC):
@@ -163,8 +165,13 @@ class Transport(ABC):
     def abort(self) -> None:
         """From any thread: make blocked I/O return at once (stop() against a silent brain)."""
 
-    def keepalive(self) -> None:
+    def keepalive(self) -> None:  # noqa: B027 - a no-op unless the transport needs one
         """Called about every 30 s on an idle session (WebSocket: a ping)."""
+
+    @property
+    def frame_limit(self) -> int:
+        """The largest signed frame worth building now (the brain's limit as far as known)."""
+        return self._max_frame
 
     # -- shared by every transport -----------------------------------------------------------
     def _bind(self, info: SessionInfo) -> SessionInfo:

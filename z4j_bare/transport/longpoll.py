@@ -43,9 +43,18 @@ COMMANDS_PATH = "/api/v1/agent/commands"
 POLL_WAIT_SECONDS = 30
 POLL_MAX_FRAMES = 50
 MAX_UPLOAD_FRAMES = 500
-# The brain takes up to 500 frames of 1 MiB each; a smaller body keeps one POST's round trip
-# (the brain stores every frame before it answers) well inside the upload timeout.
+# The brain refuses any REST body over Z4J_MAX_PAYLOAD_SIZE_BYTES with 413 (default 8 KiB, and
+# brain 1.13 applies it to uploads too). Uploads start at that size and grow while the brain
+# takes them, up to MAX_UPLOAD_BYTES (one POST's round trip stays well inside the upload
+# timeout: the brain stores every frame before it answers); a 413 halves them again.
+INITIAL_UPLOAD_BYTES = 8192
+MIN_UPLOAD_BYTES = 1024
 MAX_UPLOAD_BYTES = 4 * 2**20
+GROW_WHEN_FULL = 0.7
+# A frame travels as a JSON string inside the body, so its quotes and backslashes are escaped:
+# frames are built this much smaller than the body budget (the packing measures exactly).
+ESCAPE_ALLOWANCE = 1.25
+BODY_OVERHEAD = 64
 RETRY_INITIAL, RETRY_MAX = 0.5, 5.0
 MAX_ZERO_PROGRESS = 20
 AUTH_REFUSALS = frozenset({"project_inactive", "ip_denied"})
@@ -205,6 +214,11 @@ class LongPollTransport(Transport):
         self._inbound.put(item)
 
     @property
+    def frame_limit(self) -> int:
+        budget = self._uploader.budget if self._uploader is not None else INITIAL_UPLOAD_BYTES
+        return min(DEFAULT_MAX_FRAME_BYTES, int((budget - BODY_OVERHEAD) / ESCAPE_ALLOWANCE))
+
+    @property
     def upload_timeout(self) -> float:
         return self._upload_timeout
 
@@ -330,6 +344,9 @@ class Uploader(_Worker):
         self._limit = MAX_UPLOAD_FRAMES
         self._zero_progress = 0
         self._delay = RETRY_INITIAL
+        #: Body bytes an upload may have now; ``_ceiling``: the smallest body the brain refused.
+        self.budget = INITIAL_UPLOAD_BYTES
+        self._ceiling: int | None = None
         super().__init__(transport)
 
     def add(self, frame: Outgoing) -> None:
@@ -345,23 +362,31 @@ class Uploader(_Worker):
             if batch and not self._t.closed:
                 self._upload(batch)
 
-    def _upload(self, batch: list[Outgoing]) -> None:
-        frames, bodies, size = [], [], 0
+    def _pack(self, batch: list[Outgoing]) -> tuple[list[Outgoing], bytes]:
+        """The frames that fit the body budget (at least one), signed now, in order, and the body."""
+        frames: list[Outgoing] = []
+        parts: list[str] = []
+        size = len('{"frames":[]}')
         for frame in batch:
             data = self._t.sign(frame)
-            if data is None:  # over the brain's frame limit: refused here once it heads the queue
+            if data is None:  # over the brain's 1 MiB frame limit: refused once it heads the queue
                 if not frames:
                     self._done([frame])
                     self._t.report(Receipt(frame.key, False, "signed frame over the brain's 1 MiB frame limit"))
-                    return
                 break
-            text = data.decode("utf-8")
-            if bodies and size + len(data) > MAX_UPLOAD_BYTES:
+            part = json.dumps(data.decode("utf-8"), ensure_ascii=False)
+            n = len(part.encode("utf-8")) + 1
+            if frames and size + n > self.budget:
                 break
             frames.append(frame)
-            bodies.append(text)
-            size += len(data)
-        body = json.dumps({"frames": bodies}, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            parts.append(part)
+            size += n
+        return frames, ('{"frames":[' + ",".join(parts) + "]}").encode("utf-8")
+
+    def _upload(self, batch: list[Outgoing]) -> None:
+        frames, body = self._pack(batch)
+        if not frames:
+            return
         try:
             answer = self._http.request("POST", EVENTS_PATH, self._t.headers(**{"Content-Type": "application/json"}),
                                         body, timeout=self._t.upload_timeout)
@@ -369,30 +394,52 @@ class Uploader(_Worker):
             if not self._t.closed:
                 raise TransportError(f"upload failed: {exc}") from None
             return
-        self._answered(frames, answer)
+        self._answered(frames, len(body), answer)
 
-    def _answered(self, frames: list[Outgoing], answer: HttpAnswer) -> None:
+    def _answered(self, frames: list[Outgoing], size: int, answer: HttpAnswer) -> None:
         n = len(frames)
         if answer.status == 200:
             reply = answer.json()
             accepted = reply.get("accepted") if isinstance(reply, dict) else None
             if accepted == n:
                 self._done(frames)
+                self._grow(size)
                 for frame in frames:
                     self._t.report(Receipt(frame.key))
                 return
             if isinstance(reply, dict) and reply.get("error_code") == "scheduler_upgrade_required":
                 raise TransportError("the brain refused an upload: scheduler_upgrade_required", BackoffClass.INCOMPATIBLE)
             self._retry(f"brain accepted {accepted} of {n} frames", None)
-        elif answer.status in (413, 415, 422):
+        elif answer.status == 413:
+            self._too_large(frames, size)
+        elif answer.status in (415, 422):
             self._refused(frames, answer.status)
         elif answer.status in (401, 403, 409):
             raise classify_refusal(answer, "upload")
         else:
             self._retry(f"HTTP {answer.status}", answer.retry_after())
 
+    def _grow(self, size: int) -> None:
+        if size < GROW_WHEN_FULL * self.budget:
+            return
+        grown = self.budget * 2 if self._ceiling is None else min(self.budget * 2, self._ceiling - 1)
+        self.budget = max(self.budget, min(MAX_UPLOAD_BYTES, grown))
+
+    def _too_large(self, frames: list[Outgoing], size: int) -> None:
+        """413: the body was over the brain's limit. Halve the budget; a single frame goes back to
+        its owner to be built smaller (event batches) or counted as refused (the rest)."""
+        self._ceiling = size if self._ceiling is None else min(self._ceiling, size)
+        self.budget = max(MIN_UPLOAD_BYTES, min(self.budget, size // 2))
+        log.info("longpoll.upload_too_large", body_bytes=size, frames=len(frames), budget=self.budget)
+        if len(frames) > 1:
+            self._limit = max(1, len(frames) // 2)
+            return
+        self._done(frames)
+        self._t.report(Receipt(frames[0].key, False, f"the brain refused a {size}-byte upload (HTTP 413)",
+                               too_large=True))
+
     def _refused(self, frames: list[Outgoing], status: int) -> None:
-        """413: halve the batch; 415/422: bisect down to the frame the brain refuses, and drop it."""
+        """415/422: bisect down to the frame the brain refuses, and drop it."""
         if len(frames) > 1:
             self._limit = max(1, len(frames) // 2)
             return
