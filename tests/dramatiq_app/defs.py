@@ -11,7 +11,8 @@ import redis
 NS = os.environ.setdefault("Z4J_TEST_DQ_NS", f"z4jdq{os.getpid()}")
 _REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_URL = _REDIS + "/5"
-AMQP_URL = os.environ.get("Z4J_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+# kombu reads "//" as the vhost "/", pika (Dramatiq's RabbitMQ client) as "": spell it "%2F".
+AMQP_URL = os.environ.get("Z4J_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//").replace(":5672//", ":5672/%2F")
 _client = redis.Redis.from_url(REDIS_URL)
 
 
