@@ -86,8 +86,16 @@ class BrainProcess:
         self.frozen = False
 
     def event_count(self) -> int:
+        return self._query("SELECT count(*) FROM events")[0][0]
+
+    def task_ids(self, engine: str, kind: str) -> set[str]:
+        """Tasks with an event of ``kind`` (the brain writes its task table lazily; events at once)."""
+        return {row[0] for row in self._query("SELECT task_id FROM events WHERE engine = ? AND kind = ?",
+                                              (engine, kind))}
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with contextlib.closing(sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)) as conn:
-            return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            return conn.execute(sql, params).fetchall()
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

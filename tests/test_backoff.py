@@ -31,3 +31,13 @@ def test_classes_are_independent_and_reset():
 def test_caps_from_config_lower_the_maximum():
     b = Backoff({BackoffClass.AUTH: 20.0}, rand=lambda: 0.0)
     assert [b.next_delay(BackoffClass.AUTH) for _ in range(4)] == [10.0, 20.0, 20.0, 20.0]
+
+
+def test_an_attempt_that_waited_out_a_timeout_paces_itself():
+    """A brain that accepts connections but answers nothing: each attempt already waited its
+    timeout, so the next comes after the initial delay; fast failures grow as before."""
+    b = Backoff(rand=lambda: 0.0)
+    assert [b.next_delay(BackoffClass.CONNECTION) for _ in range(3)] == [1.0, 2.0, 4.0]
+    paced = [b.next_delay(BackoffClass.CONNECTION, paced=True) for _ in range(6)]
+    assert paced == [1.0] * 6 and b.streaks[BackoffClass.CONNECTION] == 9
+    assert b.next_delay(BackoffClass.CONNECTION) == 8.0

@@ -12,13 +12,20 @@ from .protocol import BACKOFF_POLICIES, BackoffClass, BackoffPolicy
 
 
 class SessionEnded(Exception):
-    """A session attempt ended; ``backoff`` picks the wait, ``immediate`` skips it (reconnect request)."""
+    """A session attempt ended; ``backoff`` picks the wait, ``immediate`` skips it (reconnect request).
 
-    def __init__(self, backoff: BackoffClass, reason: str, *, immediate: bool = False) -> None:
+    ``paced``: the attempt itself waited out a timeout (a brain that accepts TCP connections but
+    answers nothing: frozen, or its host gone behind a black hole). That wait already spaces the
+    attempts, so the next one comes after the class's initial delay, not a grown one: an attempt
+    is then almost always pending when the brain answers again, and the session is back within
+    seconds of it."""
+
+    def __init__(self, backoff: BackoffClass, reason: str, *, immediate: bool = False, paced: bool = False) -> None:
         super().__init__(reason)
         self.backoff = backoff
         self.reason = reason
         self.immediate = immediate
+        self.paced = paced
 
 
 class Backoff:
@@ -38,11 +45,14 @@ class Backoff:
         self._next = {cls: p.initial for cls, p in self._policies.items()}
         self.streaks = {cls: 0 for cls in BackoffClass}
 
-    def next_delay(self, cls: BackoffClass) -> float:
+    def next_delay(self, cls: BackoffClass, *, paced: bool = False) -> float:
         policy = self._policies[cls]
-        base = min(self._next[cls], policy.maximum)
-        self._next[cls] = min(base * 2, policy.maximum)
         self.streaks[cls] += 1
+        if paced:
+            base = policy.initial
+        else:
+            base = min(self._next[cls], policy.maximum)
+            self._next[cls] = min(base * 2, policy.maximum)
         self.last_delay = base + self._rand() * base * policy.jitter
         return self.last_delay
 
@@ -50,7 +60,7 @@ class Backoff:
         """tenacity ``wait=`` callable."""
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, SessionEnded):
-            return 0.0 if exc.immediate else self.next_delay(exc.backoff)
+            return 0.0 if exc.immediate else self.next_delay(exc.backoff, paced=exc.paced)
         return self.next_delay(BackoffClass.CONNECTION)
 
 

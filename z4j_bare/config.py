@@ -267,6 +267,10 @@ OPTIONS: tuple[Option, ...] = (
     _opt("stop_timeout", "float", 5.0, "Seconds stop() may spend draining and closing.", minimum=0,
          maximum=600),
     _opt("resend_after_seconds", "float", 90.0, "Resend an unacknowledged batch after this long.", minimum=1),
+    _opt("silence_timeout_seconds", "float", 30.0, "End the session and reconnect when the brain has answered "
+         "nothing (no pong, ack or frame) for this long while the agent waits on it: a frozen brain, a dropped "
+         "NAT flow. Grows to 3x the longest answer the session has shown (a busy brain), up to 75 s.",
+         minimum=1, maximum=75),
     _opt("max_inflight_frames", "int", 4, "Event batches sent but not yet acknowledged.", minimum=1,
          maximum=256),
     _opt("max_batch_events", "int", 5000, "Most events in one event_batch frame.", minimum=1, maximum=5000),
@@ -731,6 +735,7 @@ class Config:
     handshake_timeout: float = 10.0
     stop_timeout: float = 5.0
     resend_after_seconds: float = 90.0
+    silence_timeout_seconds: float = 30.0
     max_inflight_frames: int = 4
     max_batch_events: int = 5000
     ca_bundle: Path | None = None

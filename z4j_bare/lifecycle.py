@@ -49,7 +49,8 @@ def session_end(exc: BaseException, phase: str) -> SessionEnded:
     if isinstance(exc, SessionEnded):
         return exc
     if isinstance(exc, (TransportError, ProtocolError, TimeoutError)):
-        return SessionEnded(getattr(exc, "backoff", BackoffClass.CONNECTION), f"{phase} failed: {exc}")
+        paced = isinstance(exc, TimeoutError) or getattr(exc, "timed_out", False)
+        return SessionEnded(getattr(exc, "backoff", BackoffClass.CONNECTION), f"{phase} failed: {exc}", paced=paced)
     log.error("runtime.unexpected_error", phase=phase, error_type=type(exc).__name__)
     return SessionEnded(BackoffClass.PROTOCOL, f"{phase} failed: unexpected {type(exc).__name__}")
 

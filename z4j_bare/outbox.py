@@ -131,6 +131,14 @@ class Outbox:
     def idle(self) -> bool:
         return not self._inflight
 
+    def expected_ack_seconds(self) -> float | None:
+        """How long the brain should take over the oldest unacked batch, at the ack rate it has
+        shown (None before any ack): the session's liveness limit never undercuts it."""
+        if not self._inflight or not self._ack_rate:
+            return None
+        head = next(iter(self._inflight.values()))
+        return len(head.row_ids) / self._ack_rate
+
     # -- sending -----------------------------------------------------------------------------
     def pump(self, send: Send, *, linger: bool = True) -> int:
         """Send frames while the window has room; returns the number of rows handled.

@@ -225,6 +225,7 @@ class AgentRuntime:
             "transport_fallback": self.transports.fallback,
             "session_id": session.info.session_id if session is not None else None,
             "session_age_seconds": None if session_age is None else round(session_age, 3),
+            "liveness": session.liveness.snapshot() if session is not None else None,
             "backoff": dict(life.waiting) if life.waiting else None,
             "buffer_depth": self.buffer.depth(),
             "buffer_oldest_age_seconds": self.buffer.oldest_age(),

@@ -19,6 +19,7 @@ from .logs import get_logger
 from .protocol import BackoffClass, Frame, FrameType, ProtocolError, classify_error_frame
 from .safety import safe_call
 from .transport import Outgoing, Receipt, SessionInfo, Transport
+from .transport.liveness import Liveness
 
 if TYPE_CHECKING:
     from .runtime import AgentRuntime
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 log = get_logger("z4j_bare.runtime")
 
 IDLE_POLL_SECONDS = 0.05
-KEEPALIVE_EVERY_SECONDS = 30.0
 # A sibling agent of this deployment that died leaves its buffer file; look for such orphans.
 ADOPT_EVERY_SECONDS = 60.0
 
@@ -40,6 +40,9 @@ class Session:
         self.since = time.monotonic()
         # Long-poll sends again by itself until the brain accepts; a second copy would only be waste.
         self._resend = not transport.retries_sends
+        #: Whether the brain still answers (a frozen brain closes nothing: see transport/liveness.py).
+        self.liveness = Liveness(runtime.config.silence_timeout_seconds, quiet_seconds=transport.quiet_seconds,
+                                 expected=runtime.outbox.expected_ack_seconds)
 
     def __repr__(self) -> str:
         return f"Session(transport={self.transport.name!r}, session_id={self.info.session_id!r})"
@@ -47,7 +50,7 @@ class Session:
     def run(self, next_request: Callable[[], str | None]) -> str:
         """RUNNING: until a request ("stop", "reconnect") ends the session; it is returned."""
         now = time.monotonic()
-        next_beat, next_keepalive, next_adopt = now, now + KEEPALIVE_EVERY_SECONDS, now + ADOPT_EVERY_SECONDS
+        next_beat, next_adopt = now, now + ADOPT_EVERY_SECONDS
         while True:
             request = next_request()
             if request is not None:
@@ -58,17 +61,17 @@ class Session:
                 for frame in self._rt.status_frames(self):
                     self.transport.send(frame)
                 next_beat = now + self.info.heartbeat_interval
-            if now >= next_keepalive:
-                self.transport.keepalive()
-                next_keepalive = now + KEEPALIVE_EVERY_SECONDS
+            if self.liveness.ping_due(now) and self.transport.keepalive():
+                self.liveness.sent("a ping", now)
             if now >= next_adopt:
                 safe_call(self._rt.buffer.adopt_orphans, site="runtime.adopt_orphans")
                 next_adopt = now + ADOPT_EVERY_SECONDS
             self._rt.outbox.target_frame = self.transport.frame_limit
-            moved = self._rt.outbox.pump(self.transport.send)
+            moved = self._rt.outbox.pump(self._send_batch)
             if self._resend:
-                self._rt.outbox.resend_due(self.transport.send)
+                self._rt.outbox.resend_due(self._send_batch)
             self._receive(0.0 if moved else IDLE_POLL_SECONDS)
+            self._check_liveness()
 
     def drain(self, deadline: float) -> bool:
         """DRAINING: deliver what is buffered while the deadline allows; True when all of it went.
@@ -82,6 +85,20 @@ class Session:
                 return True
             self._receive(min(IDLE_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         return False
+
+    def _send_batch(self, frame: Outgoing) -> None:
+        """Send an event batch: the brain owes an ack for it."""
+        self.transport.send(frame)
+        self.liveness.sent("an event batch")
+
+    def _check_liveness(self) -> None:
+        """After reading whatever has arrived: end the session if the brain has gone silent."""
+        self.liveness.heard(self.transport.last_heard)
+        reason = self.liveness.verdict()
+        if reason is not None:
+            # A brain that answers nothing will not answer a close handshake either.
+            self.transport.abort()
+            raise SessionEnded(BackoffClass.CONNECTION, reason)
 
     def _send_controls(self) -> None:
         self._rt.controls.pump(self.transport.send, resend=self._resend)

@@ -55,8 +55,8 @@ TRANSITIONS: list[dict[str, str]] = [
     {"trigger": "session_lost", "source": S.HANDSHAKE, "dest": S.CONNECTING,
      "why": "bad or missing hello_ack, refused probe, close code or timeout during the handshake"},
     {"trigger": "session_lost", "source": S.RUNNING, "dest": S.CONNECTING,
-     "why": "close code, HTTP failure, bad inbound frame, fatal error frame or dead socket; unacked frames "
-            "stay buffered"},
+     "why": "close code, HTTP failure, bad inbound frame, fatal error frame, dead socket, or a brain that "
+            "stopped answering (no pong, ack or frame within the silence limit); unacked frames stay buffered"},
     {"trigger": "reconnect", "source": S.RUNNING, "dest": S.CONNECTING,
      "why": "request_reconnect(), or `auto` on long-poll trying WebSocket again: close cleanly, reconnect at once"},
     {"trigger": "stop", "source": S.RUNNING, "dest": S.DRAINING,

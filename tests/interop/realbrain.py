@@ -313,6 +313,7 @@ class RealBrain:
         self._jar.clear()
         if proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGCONT)  # a frozen brain (freeze()) cannot act on SIGTERM
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(grace)
@@ -325,6 +326,15 @@ class RealBrain:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def freeze(self) -> None:
+        """SIGSTOP the brain's process group: its sockets stay open and silent (a frozen host)."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGCONT)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -49,11 +49,13 @@ class TransportError(Exception):
     to long-poll."""
 
     def __init__(self, message: str, backoff: BackoffClass = BackoffClass.CONNECTION, close_code: int | None = None,
-                 *, upgrade_refused: bool = False) -> None:
+                 *, upgrade_refused: bool = False, timed_out: bool = False) -> None:
         super().__init__(message)
         self.backoff = backoff
         self.close_code = close_code
         self.upgrade_refused = upgrade_refused
+        #: The attempt waited its whole timeout for an answer (see backoff.SessionEnded.paced).
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +137,11 @@ class Transport(ABC):
         self._max_frame = DEFAULT_MAX_FRAME_BYTES
         self._receipts: deque[Receipt] = deque()
         self._receipts_lock = threading.Lock()
-        #: Monotonic time anything last came from the brain (frames, acks, HTTP answers).
+        #: Monotonic time anything last came from the brain (frames, acks, pongs, HTTP answers).
         self.last_heard = time.monotonic()
+        #: How long a live brain may stay silent by design while the agent waits on it (long-poll
+        #: holds a poll open): added to the session's liveness limit.
+        self.quiet_seconds = 0.0
 
     @abstractmethod
     def open(self) -> None:
@@ -165,8 +170,10 @@ class Transport(ABC):
     def abort(self) -> None:
         """From any thread: make blocked I/O return at once (stop() against a silent brain)."""
 
-    def keepalive(self) -> None:  # noqa: B027 - a no-op unless the transport needs one
-        """Called about every 30 s on an idle session (WebSocket: a ping)."""
+    def keepalive(self) -> bool:
+        """Called every few seconds by the session (``liveness.Liveness.ping_every``); True when
+        it sent something the brain must answer (WebSocket: a ping, answered by a pong)."""
+        return False
 
     @property
     def frame_limit(self) -> int:

@@ -101,6 +101,8 @@ class LongPollTransport(Transport):
         self._heartbeat = heartbeat
         self._upload_timeout = upload_timeout
         self._poll_wait = poll_wait
+        # The brain holds a command poll open up to poll_wait (the poll's own timeout is 10 s more).
+        self.quiet_seconds = poll_wait + 10.0
         self._stopping = stopping or threading.Event()
         self._closed = threading.Event()
         self._http = HttpConnection(brain_url, timeout=timeout, tls=self._tls)

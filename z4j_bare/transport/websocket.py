@@ -50,6 +50,8 @@ class Connection:
         self._ws: websocket.WebSocket | None = None
         self._closing: websocket.WebSocket | None = None
         self.handshake_phase = True
+        #: Monotonic time the last WebSocket frame of any kind (pong included) was read.
+        self.heard_at = 0.0
 
     def __repr__(self) -> str:
         return f"Connection(url={self.url!r}, open={self._ws is not None})"
@@ -72,7 +74,8 @@ class Connection:
         except ssl.SSLError as exc:
             raise TransportError(f"TLS failure: {exc.reason or type(exc).__name__}") from None
         except (OSError, websocket.WebSocketException) as exc:
-            raise TransportError(f"cannot connect: {type(exc).__name__}: {exc}") from None
+            timed_out = isinstance(exc, (TimeoutError, websocket.WebSocketTimeoutException))
+            raise TransportError(f"cannot connect: {type(exc).__name__}: {exc}", timed_out=timed_out) from None
 
     @property
     def is_open(self) -> bool:
@@ -117,6 +120,7 @@ class Connection:
             raise TransportError(describe_close(None)) from None
         except (OSError, websocket.WebSocketException) as exc:
             raise TransportError(f"receive failed: {type(exc).__name__}") from None
+        self.heard_at = time.monotonic()  # pongs and pings count: the brain is there
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
             self.close(code or 1000)
@@ -218,14 +222,15 @@ class WebSocketTransport(Transport):
         if receipt is not None:
             return receipt
         data = self._conn.recv(timeout)
+        self.last_heard = max(self.last_heard, self._conn.heard_at)
         if data is None:
             return None
-        self.last_heard = time.monotonic()
         frame = self._verify(data)
         return self._ack_receipt(frame) or frame
 
-    def keepalive(self) -> None:
+    def keepalive(self) -> bool:
         self._conn.ping()
+        return True
 
     def close(self, code: int = 1000) -> None:
         self._conn.close(code)
