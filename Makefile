@@ -10,7 +10,7 @@ OLDEST_STAMP := $(OLDEST)/.installed
 DJBEAT := .venv-djbeat
 DJBEAT_STAMP := $(DJBEAT)/.installed
 ENGINE_TESTS := tests/test_celery_adapter.py tests/test_celery_worker.py tests/test_celerybeat_adapter.py \
-	tests/test_rq_e2e.py tests/test_rq_unit.py tests/test_rqscheduler_adapter.py tests/test_dramatiq_redis.py
+	tests/test_rq_e2e.py tests/test_rq_unit.py tests/test_rqscheduler_adapter.py $(wildcard tests/test_dramatiq_*.py)
 
 .PHONY: demo test test-fast test-oldest test-djbeat interop bench services docs-check clean
 
