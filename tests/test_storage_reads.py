@@ -116,3 +116,20 @@ def test_health_from_a_probe_thread_starts_no_write_while_the_io_thread_ingests(
         assert by_probe == [], f"health() ran {by_probe[:3]} on a connection that can write"
         with buffer._conns.probe_lock:
             assert buffer._conns.probe().total_changes == 0
+
+
+def test_status_lists_buffer_files_only(tmp_path):
+    from z4j_bare.diagnostics import buffer_status
+
+    home = tmp_path / "home"
+    s = BufferStore(home / "buffer-0123456789abcdef.sqlite", deployment="0123456789abcdef")
+    try:
+        assert s.append("event", "{}")
+        beside = sqlite3.connect(home / "buffer-0123456789abcdef.schedules.sqlite")  # a neighbour's file
+        beside.execute("CREATE TABLE authority(x)")
+        beside.close()
+        status = buffer_status(home)
+        assert [b["path"] for b in status["buffers"] if b["location"] == "home"] == [str(s.path)]
+        assert status["problems"] == [] and status["total_depth"] >= 1
+    finally:
+        s.close()

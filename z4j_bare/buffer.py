@@ -39,18 +39,13 @@ from typing import Any, TypeVar
 from .logs import get_logger
 from .storage import connections, entries, location, opening
 from .storage.connections import Connections
-from .storage.dedupe import ANY_LIVE, CommandDedupe
+from .storage.dedupe import CommandDedupe
 from .storage.entries import EntriesTable, body_size, rollback
 from .storage.ingest import SpoolIngest
 from .storage.locks import OWNER, WRITER, LockBusy, SidecarLock
-from .storage.loss import (
-    ADAPTER_EVENTS,
-    ANY_PERSISTED,
-    LOSS_KEYS,
-    LossLedger,
-    read_persisted,
-)
-from .storage.recovery import OrphanAdopter, corrupt_count, remove_files
+from .storage.loss import LOSS_KEYS, LossLedger, counts_for_category, read_persisted
+from .storage.loss import encode_record as encode_loss_record
+from .storage.recovery import OrphanAdopter, corrupt_count, forgettable, remove_files
 from .storage.schema import (
     FORMAT,
     BufferRow,
@@ -193,7 +188,9 @@ class BufferStore:
             size = len(body) if body.isascii() else body_size(body)
             conns = self._conns
             with conns.write_lock:
-                return self._entries.append(conns.writer(), [(kind, body, engine, size, time.time())]) == 1
+                stored = self._entries.append(conns.writer(), [(kind, body, engine, size, time.time())])
+                self._carry_loss_after_commit()
+            return stored == 1
         except Exception as exc:  # noqa: BLE001 - never propagate into the host's hook
             self._append_failed(kind, engine, 1, exc)
             return False
@@ -212,7 +209,9 @@ class BufferStore:
                 return len(spooled)
             items = [(kind, body, engine, body_size(body), now) for kind, engine, body, _t in spooled]
             with self._conns.write_lock:
-                return self._entries.append(self._conns.writer(), items)
+                stored = self._entries.append(self._conns.writer(), items)
+                self._carry_loss_after_commit()
+            return stored
         except Exception as exc:  # noqa: BLE001 - never propagate into the host's hook
             for kind, engine, _b, _t in spooled:
                 self._append_failed(kind, engine, 1, exc)
@@ -224,7 +223,24 @@ class BufferStore:
             return False  # the SQLite path reports the closed store
         if self._lock is None and not self._owner:
             self._take_writer_lock()
+        if self._loss.dirty and not self.owner:
+            return self._spool_write_carrying_loss(rows)
         return self._spool.append(rows)
+
+    def _spool_write_carrying_loss(self, rows: list[tuple[str, str, str, float]]) -> bool:
+        """A non-owner has no I/O thread to commit its loss counts: they ride on its next spool
+        write as one ``~loss`` record, in the same write() as the rows (so exactly once)."""
+        counts = self._loss.take()
+        if self._spool.append([encode_loss_record(counts, time.time()), *rows]):
+            return True
+        self._loss.give_back(counts)
+        return False
+
+    def _carry_loss_after_commit(self) -> None:
+        """Caller holds the write lock: a non-owner whose appends take the SQLite path commits its
+        loss counts there (at most once a second while that fails)."""
+        if self._loss.dirty and not self.owner:
+            self._loss.flush(self._conns.writer)
 
     def _append_failed(self, kind: str, engine: str, n: int, exc: BaseException | None,
                        reason: str | None = None) -> None:
@@ -330,18 +346,10 @@ class BufferStore:
         ``engine`` also adds ``n`` to ``adapter_events[engine]``; ``category`` may be
         ``"adapter_events"`` alone (then ``engine`` is required).
         """
-        if category not in LOSS_KEYS and category != ADAPTER_EVENTS:
-            raise ValueError(f"unknown telemetry_loss category {category!r}; expected one of "
-                             f"{', '.join(LOSS_KEYS)} or adapter_events")
-        if category == ADAPTER_EVENTS and not engine:
-            raise ValueError("count_loss('adapter_events') needs engine=")
-        if n <= 0:
-            return
-        counts = {(category, engine if category == ADAPTER_EVENTS else ""): n}
-        if engine and category != ADAPTER_EVENTS:
-            counts[(ADAPTER_EVENTS, engine)] = n
-        self._loss.add(counts)
-        self._flush_loss()
+        counts = counts_for_category(category, n, engine)
+        if counts:
+            self._loss.add(counts)
+            self._flush_loss()
 
     def _flush_loss(self) -> None:
         if not self._loss.dirty:
@@ -434,11 +442,7 @@ class BufferStore:
         if not self.owner or self._lock is None or conn is None:
             return False
         try:
-            empty = entries.totals(conn)[0] == 0
-            # A file that remembers executed commands or counted losses is kept: the next agent
-            # of this deployment reopens it, so dedupe and loss totals survive restarts.
-            memory = conn.execute(f"SELECT {ANY_LIVE} OR {ANY_PERSISTED}", (time.time(),)).fetchone()[0]
-            remove = (empty and not memory and not self._ingest.reader.names()
+            remove = (forgettable(conn) and not self._ingest.reader.names()
                       and self._lock.upgrade_to_exclusive())
             if not remove:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()

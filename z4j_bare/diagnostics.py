@@ -45,7 +45,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
-from .storage.location import check_private_dir, z4j_home
 from .config import OPTIONS_BY_NAME, Config, ConfigError
 from .engines.base import EngineAdapter
 from .logs import get_logger
@@ -64,6 +63,7 @@ from .protocol import (
     encode_unsigned,
     new_frame_id,
 )
+from .storage.location import check_private_dir, z4j_home
 from .transport import Connection, LongPollTransport, Outgoing, TlsSettings, TransportError, read_hello_ack
 
 __all__ = ["PROBE_NAMES", "SCHEMA", "DoctorEngine", "DoctorReport", "ProbeResult", "buffer_status", "run_doctor"]
@@ -816,134 +816,24 @@ def run_doctor(
 # ------------------------------------------------------------------------------------------ status
 
 
-def _owner_pid(lock_path: Path) -> tuple[bool, int | None]:
-    """Is a live process holding the buffer's owner lock? Tested with F_OFD_GETLK: never taken."""
-    import fcntl
-    import struct
-
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False, None
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        pid = int(text) if text.isdigit() else None
-        cmd = getattr(fcntl, "F_OFD_GETLK", None)
-        if cmd is None:
-            alive = pid is not None and _pid_alive(pid)
-            return alive, pid
-        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
-        answer = fcntl.fcntl(fd, cmd, query)
-        held = struct.unpack("hhqqi", answer)[0] != fcntl.F_UNLCK
-        return held, pid
-    except OSError:
-        return False, None
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_buffer(path: Path) -> dict[str, Any]:
-    import sqlite3
-
-    from .buffer import LOSS_KEYS
-
-    info: dict[str, Any] = {"path": str(path), "size_bytes": path.stat().st_size}
-    held, pid = _owner_pid(path.with_name(path.name + ".lock"))
-    info["owner_pid"] = pid if held else None
-    info["owner_alive"] = held
-    uri = f"file:{path}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=2.0, isolation_level=None)
-    except sqlite3.Error as exc:
-        info["error"] = f"cannot open read-only: {exc}"
-        return info
-    try:
-        conn.execute("PRAGMA busy_timeout=2000")
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        info["buffer_id"] = meta.get("buffer_id")
-        info["deployment"] = meta.get("deployment")
-        depth, oldest, by_kind = 0, None, {}
-        for kind, n, first in conn.execute(
-                "SELECT kind, count(*), min(created_at) FROM entries WHERE kind != '~' GROUP BY kind"):
-            by_kind[kind] = n
-            depth += n
-            oldest = first if oldest is None else min(oldest, first)
-        # Records still in spool files (written, not yet moved into SQLite by the owner).
-        try:
-            offsets = dict(conn.execute("SELECT name, offset FROM spool").fetchall())
-        except sqlite3.OperationalError:
-            offsets = {}
-        spooled = _spooled(path, offsets)
-        for kind, _body, _engine, _size, created_at in spooled:
-            by_kind[kind] = by_kind.get(kind, 0) + 1
-            oldest = created_at if oldest is None else min(oldest, created_at)
-        depth += len(spooled)
-        info["spooled"] = len(spooled)
-        info["depth"] = depth
-        info["by_kind"] = by_kind
-        info["oldest_age_seconds"] = None if oldest is None else round(max(0.0, time.time() - oldest), 1)
-        loss = {k: 0 for k in LOSS_KEYS}
-        adapters: dict[str, int] = {}
-        for name, engine, n in conn.execute("SELECT name, engine, n FROM counters WHERE name LIKE 'loss.%'"):
-            key = name[5:]
-            if key == "adapter_events":
-                adapters[engine] = adapters.get(engine, 0) + int(n)
-            elif key in loss:
-                loss[key] += int(n)
-        info["loss"] = {**loss, "adapter_events": adapters}
-    except sqlite3.Error as exc:
-        reason = str(exc)
-        if "unable to open" in reason or "readonly" in reason or "permission" in reason.lower():
-            reason += " (run status as the agent's user, e.g. sudo -u <service-user> z4j-bare status)"
-        info["error"] = f"cannot read: {reason}"
-    finally:
-        conn.close()
-    return info
-
-
-def _spooled(path: Path, offsets: dict[str, int]) -> list[tuple[str, str, str, int, float]]:
-    from .storage.spool import SpoolReader, spool_dir_for
-
-    rows: list[tuple[str, str, str, int, float]] = []
-    reader = SpoolReader(spool_dir_for(path))
-    offsets = dict(offsets)
-    while True:  # read-only: offsets advance in this copy only
-        batch = reader.collect(offsets, lock=False)
-        if not batch.rows:
-            return rows
-        rows.extend(batch.rows)
-        offsets.update(batch.offsets)
-
-
 def buffer_status(home: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Read-only view of every buffer under ``home`` (default Z4J_HOME or ~/.z4j) and of the
     $TMPDIR fallback the agent relocates to when ``home`` is unusable. Takes no lock and writes
     nothing, so it is safe next to a live agent and as another user."""
-    root = Path(home).expanduser() if home is not None else z4j_home()
-    places = [("home", root)]
-    fallback = Path(tempfile.gettempdir()) / f"z4j-{os.geteuid()}"
-    if fallback != root:
-        places.append(("fallback", fallback))
+    from .storage.location import buffer_files_in
+    from .storage.status import buffer_places, read_buffer
+
+    root, places = buffer_places(home)
     buffers, problems = [], []
     for where, directory in places:
         try:
-            names = sorted(p for p in directory.glob("buffer-*.sqlite") if p.is_file())
+            names = buffer_files_in(directory)
         except OSError as exc:
             problems.append(f"cannot list {directory}: {exc.strerror or exc}")
             continue
         for path in names:
             try:
-                info = _read_buffer(path)
+                info = read_buffer(path)
             except OSError as exc:
                 info = {"path": str(path), "error": f"cannot read: {exc.strerror or exc}"}
             info["location"] = where
@@ -951,6 +841,7 @@ def buffer_status(home: str | os.PathLike[str] | None = None) -> dict[str, Any]:
                 problems.append(f"{path}: {info['error']}")
             buffers.append(info)
     notes = [] if root.exists() else [f"{root} does not exist: no agent has run with this Z4J_HOME"]
+    fallback = dict(places).get("fallback", root)
     return {"schema": "z4j-bare.status/1", "home": str(root), "fallback_dir": str(fallback),
             "buffers": buffers, "problems": problems, "notes": notes,
             "total_depth": sum(b.get("depth", 0) for b in buffers)}

@@ -215,6 +215,7 @@ class AgentRuntime:
         session = life.session
         session_age = time.monotonic() - session.since if session is not None else None
         stats = self.outbox.stats
+        loss = self.buffer.telemetry_loss()
         return {
             "state": self.state.value,
             "alive": bool(self._thread and self._thread.is_alive()),
@@ -237,8 +238,8 @@ class AgentRuntime:
             "controls_pending": self.controls.pending,
             "failure_streaks": {cls.value: n for cls, n in self.backoff.streaks.items()},
             "last_failure": life.last_failure,
-            "loss": self.buffer.telemetry_loss(),
-            "events_lost_in_hooks": sum(s.lost for s in self.sinks.values()),
+            "loss": loss,
+            "dropped_events": dropped_events(loss),
             "schedulers": self.schedules.health() if self.schedules is not None else {},
             "trace": self.trace[-10:],
         }
@@ -292,7 +293,7 @@ class AgentRuntime:
         """The heartbeat and agent_status frames of one heartbeat tick."""
         loss = self.buffer.telemetry_loss()
         depth = self.buffer.depth()
-        dropped = int(loss.get("event_records", 0)) + sum(s.lost for s in self.sinks.values())
+        dropped = dropped_events(loss)
         heartbeat = Outgoing(FrameType.HEARTBEAT.value, new_frame_id("hb_"), {
             "buffer_size": depth,
             "last_flush_at": wall_text(self.outbox.stats.last_flush_wall),
@@ -316,6 +317,13 @@ class AgentRuntime:
             "schedulers": list(self.hello_payload().get("schedulers", [])) if self.hello_sources else [],
         })
         return [heartbeat, status]
+
+
+def dropped_events(loss: dict[str, Any]) -> int:
+    """The one dropped-events number (health and the heartbeat): the events the buffer's loss
+    ledger counted as lost (failed appends, evictions, events that could not be built), in every
+    process that writes this buffer, each counted once."""
+    return int(loss["event_records"])
 
 
 def _schedule_channel(schedulers: Sequence[Any] | None, buffer: BufferStore, redactor: Redactor) -> Any:

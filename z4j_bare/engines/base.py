@@ -106,35 +106,44 @@ class EventSink:
         return event_text(kind, self.engine, task_id, self._redactor.scrub_data(data), occurred_at)
 
     def emit(self, kind: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> bool:
-        """Make one event durable; False (and counted) if it could not be."""
+        """Make one event durable; False (and counted in the buffer's loss ledger) if it could not be."""
         try:
-            ok = self._buffer.append("event", self.encode(kind, task_id, data, occurred_at), engine=self.engine)
+            text = self.encode(kind, task_id, data, occurred_at)
         except Exception as exc:  # noqa: BLE001 - hot path in the host's thread
-            ok = False
-            if self._on_error is not None:
-                self._on_error(exc)
-        self._count(1, ok)
+            self._lost_before_the_buffer(1, exc)
+            return False
+        ok = self._buffer.append("event", text, engine=self.engine)  # never raises; counts its own losses
+        self._count(1 if ok else 0, 0 if ok else 1)
         return ok
 
     def emit_many(self, events: list[tuple[str, str | None, dict[str, Any], float | None]]) -> bool:
         """Several events in one transaction (one commit), e.g. started+succeeded of an eager call."""
         try:
             rows = [("event", self.encode(*e), self.engine) for e in events]
-            written = self._buffer.append_many(rows)
-            ok = written == len(rows)
         except Exception as exc:  # noqa: BLE001
-            ok = False
-            if self._on_error is not None:
-                self._on_error(exc)
-        self._count(len(events), ok)
-        return ok
+            self._lost_before_the_buffer(len(events), exc)
+            return False
+        written = self._buffer.append_many(rows)  # never raises; counts the rows it did not store
+        self._count(written, len(rows) - written)
+        return written == len(rows)
 
-    def _count(self, n: int, ok: bool) -> None:
+    def _lost_before_the_buffer(self, n: int, exc: BaseException) -> None:
+        """Events that never reached the buffer (they could not be built): the buffer's ledger is
+        the one place losses are counted, so they are counted there."""
+        self._count(0, n)
+        try:
+            self._buffer.count_loss("event_records", n, engine=self.engine)
+        except Exception:  # noqa: BLE001, S110 - counting must not fail the host's hook
+            pass
+        if self._on_error is not None:
+            self._on_error(exc)
+
+    def _count(self, emitted: int, lost: int) -> None:
+        """This sink's own tally (``emitted``/``lost``, for the adapter's diagnostics); what is
+        reported to the brain is the buffer's ledger, which counts every process's losses once."""
         with self._lock:
-            if ok:
-                self.emitted += n
-            else:
-                self.lost += n
+            self.emitted += emitted
+            self.lost += lost
 
 
 class EngineAdapter:

@@ -30,8 +30,10 @@ __all__ = [
 ]
 
 MAX_SIBLINGS = 64
-#: The name pattern every buffer file of a deployment family matches (``status`` lists them).
-BUFFER_GLOB = "buffer-*.sqlite"
+#: The names the agent gives buffer files under its home: ``buffer-<deployment>[-<n>].sqlite``
+#: (and a Dramatiq family's ``buffer-<deployment>-dramatiq-<pid>.sqlite``). Deployment ids are
+#: hex, so files beside a buffer (``buffer-<deployment>.schedules.sqlite``) do not match.
+BUFFER_NAME = re.compile(r"buffer-[A-Za-z0-9_-]+\.sqlite\Z")
 
 
 def z4j_home() -> Path:
@@ -125,7 +127,9 @@ def lock_path_for(path: Path) -> Path:
 
 
 def buffer_files_in(directory: Path) -> list[Path]:
-    """The buffer files in ``directory``, sorted (OSError if it cannot be listed)."""
+    """The buffer files in ``directory``, sorted ([] if there is no such directory; OSError if it
+    cannot be listed)."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.glob(BUFFER_GLOB) if p.is_file())
+    return sorted(directory / n for n in os.listdir(directory)
+                  if BUFFER_NAME.match(n) and (directory / n).is_file())

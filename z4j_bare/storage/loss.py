@@ -75,6 +75,22 @@ def counts_for(key: str, n: int, engine: str = "") -> Counts:
     return counts
 
 
+def counts_for_category(category: str, n: int, engine: str | None) -> Counts:
+    """What ``count_loss(category, n, engine=)`` adds: ``engine`` also counts under
+    ``adapter_events[engine]``; ``adapter_events`` alone needs the engine. ValueError otherwise."""
+    if category not in LOSS_KEYS and category != ADAPTER_EVENTS:
+        raise ValueError(f"unknown telemetry_loss category {category!r}; expected one of "
+                         f"{', '.join(LOSS_KEYS)} or adapter_events")
+    if category == ADAPTER_EVENTS and not engine:
+        raise ValueError("count_loss('adapter_events') needs engine=")
+    if n <= 0:
+        return {}
+    counts = {(category, engine if category == ADAPTER_EVENTS else ""): n}
+    if engine and category != ADAPTER_EVENTS:
+        counts[(ADAPTER_EVENTS, engine)] = n
+    return counts
+
+
 def add_into(target: Counts, counts: Counts) -> None:
     for k, n in counts.items():
         target[k] = target.get(k, 0) + n

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from ..logs import get_logger
-from . import dedupe, location
+from . import dedupe, location, loss
 from .connections import Connections
-from .entries import ADOPT_ROWS, EntriesTable, last_cum, rollback
+from .entries import ADOPT_ROWS, EntriesTable, last_cum, rollback, totals
 from .ingest import INGEST_ROWS, read_offsets, store_batch
 from .locks import ADOPTER, LockBusy, SidecarLock
 from .schema import BUMP, inspect, is_sqlite_header
@@ -52,6 +52,15 @@ def set_aside(path: Path, problem: str) -> None:
 def corrupt_count(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT coalesce(sum(n), 0) FROM counters WHERE name=?", (CORRUPT_COUNTER,)).fetchone()
     return int(row[0])
+
+
+def forgettable(conn: sqlite3.Connection) -> bool:
+    """Empty and remembering nothing: an owner may remove the file on close. A file that
+    remembers executed commands or counted losses is kept: the next agent of this deployment
+    reopens it, so dedupe and loss totals survive restarts."""
+    if totals(conn)[0] != 0:
+        return False
+    return not conn.execute(f"SELECT {dedupe.ANY_LIVE} OR {loss.ANY_PERSISTED}", (time.time(),)).fetchone()[0]
 
 
 def remove_files(path: Path, lock: SidecarLock) -> None:
