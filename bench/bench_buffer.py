@@ -1,7 +1,8 @@
 """BufferStore vs raw sqlite3 (the physical anchor): append latency and drain throughput.
 
 Run: .venv/bin/python bench/bench_buffer.py [--n 20000]
-Goals (issue 5): append p50 <= 15 us, p99 <= 100 us, drain >= 200k events/s.
+Goals (issue 5): append p50 <= 15 us, p99 <= 100 us, drain >= 200k events/s. Also printed: what
+a health probe's buffer reads cost (issue 17: pure reads, no ingest).
 Our appends go to the spool (z4j_bare/storage/spool.py); the owner moves them into SQLite as they arrive
 (printed separately as "ingest"), so a backlog drain is read + ack, like the raw anchor's.
 """
@@ -142,6 +143,9 @@ def main() -> None:
         t = time.perf_counter()
         total = drain_store.depth_after_ingest()  # moves the spooled rows into SQLite (what the owner
         ingest_rate = total / (time.perf_counter() - t)  # does as they arrive, also while the brain is away)
+        # ---- what a health probe pays (pure reads on the query-only connection, rows present)
+        depth_lat = timed(drain_store.depth, 5000)
+        health_lat = timed(lambda: (drain_store.depth(), drain_store.oldest_age(), drain_store.telemetry_loss()), 5000)
         t = time.perf_counter()
         after = 0
         got = 0
@@ -157,6 +161,7 @@ def main() -> None:
         assert got == total and left == 0, (got, total, left)
         drain_store.close()
         raw = raw_open(work / "raw-1 thread.sqlite")
+        raw_depth_lat = timed(lambda: raw.execute("SELECT max(id) FROM e").fetchone(), 5000)
         t = time.perf_counter()
         after = 0
         rgot = 0
@@ -179,6 +184,12 @@ def main() -> None:
     for label, (zp50, zp99), (rp50, rp99) in rows:
         print(f"{label:<22}{zp50:>8.1f}us{rp50:>8.1f}us{zp50 / rp50:>7.2f}{zp99:>8.1f}us{rp99:>8.1f}us{zp99 / rp99:>7.2f}")
     print(f"{'ingest (spool->SQLite)':<22}{ingest_rate:>9,.0f}/s{'-':>11}{'-':>7}   ({total} events; raw has no spool)")
+    (zp50, zp99), (rp50, rp99) = pct(depth_lat), pct(raw_depth_lat)
+    print(f"{'depth() (probe read)':<22}{zp50:>8.1f}us{rp50:>8.1f}us{zp50 / rp50:>7.2f}{zp99:>8.1f}us{rp99:>8.1f}us"
+          f"{zp99 / rp99:>7.2f}   (raw: SELECT max(id))")
+    hp50, hp99 = pct(health_lat)
+    print(f"{'health() buffer reads':<22}{hp50:>8.1f}us{'-':>10}{'-':>7}{hp99:>8.1f}us{'-':>10}{'-':>7}"
+          "   (depth + oldest_age + telemetry_loss)")
     print(f"{'drain (read+ack)':<22}{z_rate:>9,.0f}/s{r_rate:>9,.0f}/s{z_rate / r_rate:>7.2f}   ({got} events)")
     print("goals: append p50 <= 15 us, p99 <= 100 us, drain >= 200,000 events/s")
 
