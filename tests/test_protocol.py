@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import z4j_bare.protocol as protocol_package
 from z4j_bare.protocol import (
+    EVENT_ZONE,
     BackoffClass,
     FrameType,
     ProtocolError,
@@ -30,9 +32,11 @@ from z4j_bare.protocol import (
     derive_project_secret,
     encode_hmac_secret,
     parse_frame,
+    parse_timestamp,
     purge_token,
     require_key_length,
     utc_now_text,
+    utc_text,
 )
 
 VECTORS = json.loads((Path(__file__).parent / "vectors.json").read_text())  # copy of shared/spec/vectors.json
@@ -240,3 +244,19 @@ def test_error_frame_classes():
     assert classify_error_frame("scheduler_upgrade_required", True) is BackoffClass.INCOMPATIBLE
     assert classify_error_frame("something", True) is BackoffClass.PROTOCOL
     assert classify_error_frame("something", False) is None
+
+
+@pytest.mark.parametrize("ts", [0.0, 1.5, 1_700_000_000.9999997, 1_764_633_600.25, 4e9 + 0.123456])
+def test_utc_text_is_the_datetime_spelling_in_both_zones(ts):
+    when = datetime.fromtimestamp(ts, UTC)
+    assert utc_text(ts) == when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert utc_text(ts, EVENT_ZONE) == when.isoformat(timespec="microseconds")
+    assert utc_now_text(when) == utc_text(ts)
+    assert parse_timestamp(utc_text(ts)) == when
+
+
+def test_package_exports_names_not_submodules():
+    exported = protocol_package.__all__
+    assert len(exported) == len(set(exported))
+    assert all(hasattr(protocol_package, name) for name in exported)
+    assert not [name for name in exported if type(getattr(protocol_package, name)).__name__ == "module"]

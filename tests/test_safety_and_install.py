@@ -80,3 +80,30 @@ def test_engines_must_have_distinct_names(tmp_path):
 
     with LocalBrain() as brain, pytest.raises(ValueError, match="distinct name"):
         install_agent(engines=[RecordingEngine("celery"), RecordingEngine("celery")], **brain.mint_agent().kwargs())
+
+
+def test_safe_str_never_raises_and_returns_plain_str():
+    class Loud(str):
+        pass
+
+    class BadStr:
+        def __str__(self) -> str:
+            raise RuntimeError("hunter2")
+
+        def __repr__(self) -> str:
+            return "<BadStr>"
+
+    class Hopeless:
+        def __str__(self) -> str:
+            raise RuntimeError
+
+        __repr__ = __str__
+
+    class OddStr:
+        def __str__(self):  # type: ignore[no-untyped-def]
+            return Loud("loud")
+
+    assert safety.safe_str(ValueError("boom")) == "boom"
+    assert safety.safe_str(BadStr()) == "<BadStr>"
+    assert safety.safe_str(Hopeless()) == "<unrepresentable Hopeless>"
+    assert type(safety.safe_str(OddStr())) is str and safety.safe_str(OddStr()) == "loud"

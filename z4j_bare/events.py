@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from .protocol import canonical_text
+from .protocol import EVENT_ZONE, canonical_text, utc_text
 
 
 class EventKind(StrEnum):
@@ -32,25 +30,9 @@ class EventKind(StrEnum):
     QUEUE_DEPTH_REPORT = "queue.depth_report"
 
 
-_second_prefix: tuple[int, str] = (-1, "")
-
-
 def occurred_at_text(timestamp: float | None = None) -> str:
-    """``2026-11-28T21:04:50.643607+00:00`` (what ``datetime.isoformat()`` gives), on the hot path.
-
-    The date-time prefix is cached per whole second; only the microseconds are formatted per call.
-    """
-    global _second_prefix
-    ts = time.time() if timestamp is None else timestamp
-    second = int(ts // 1)
-    micros = int(round((ts - second) * 1_000_000))
-    if micros >= 1_000_000:
-        second, micros = second + 1, micros - 1_000_000
-    cached_second, prefix = _second_prefix
-    if cached_second != second:
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_prefix = (second, prefix)
-    return f"{prefix}.{micros:06d}+00:00"
+    """``2026-11-28T21:04:50.643607+00:00`` (what ``datetime.isoformat()`` gives): an event's time."""
+    return utc_text(timestamp, EVENT_ZONE)
 
 
 _VARIANT = "89ab"
@@ -87,7 +69,7 @@ def build_event(kind: str, engine: str, task_id: str | None, data: dict[str, Any
         "kind": str(kind),
         "engine": engine,
         "task_id": "" if task_id is None else str(task_id),
-        "occurred_at": occurred_at_text(occurred_at),
+        "occurred_at": utc_text(occurred_at, EVENT_ZONE),
         "data": data,
     }
 
@@ -117,6 +99,6 @@ def event_text(kind: str, engine: str, task_id: str | None, data: dict[str, Any]
     """
     return (
         f'{{"data":{canonical_text(data)},"engine":{_quoted(engine)},"id":"{new_event_id()}",'
-        f'"kind":{_quoted(str(kind))},"occurred_at":"{occurred_at_text(occurred_at)}",'
+        f'"kind":{_quoted(str(kind))},"occurred_at":"{utc_text(occurred_at, EVENT_ZONE)}",'
         f'"task_id":{canonical_text("" if task_id is None else str(task_id))}}}'
     )

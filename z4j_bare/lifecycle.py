@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from transitions import EventData, Machine
@@ -26,7 +25,7 @@ from transitions import EventData, Machine
 from .backoff import Reconnects, SessionEnded
 from .channels import notify_session
 from .logs import get_logger
-from .protocol import BackoffClass, ProtocolError, utc_now_text
+from .protocol import BackoffClass, ProtocolError, utc_now_text, utc_text
 from .safety import safe_call
 from .session import Session
 from .statechart import RuntimeState, machine_states, machine_transitions
@@ -75,7 +74,7 @@ def failure_summary(cls: BackoffClass, reason: str, url: str, retry_in: float) -
 
 
 def wall_text(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return None if ts is None else utc_text(ts)
 
 
 class Lifecycle:

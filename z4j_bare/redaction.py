@@ -32,6 +32,7 @@ from typing import Any
 
 from .logs import get_logger
 from .protocol import canonical_bytes
+from .safety import safe_str
 
 try:  # Python 3.11+: the parser moved under re; sre_parse still works but warns
     from re import _constants as _sre
@@ -650,26 +651,6 @@ def _as_pattern_list(patterns: Sequence[str] | str | None) -> list[Any]:
 # Safe conversions
 
 
-def _type_name(value: Any) -> str:
-    try:
-        return type(value).__name__
-    except Exception:  # noqa: BLE001 - pathological metaclass
-        return "object"
-
-
-def _safe_str(value: Any) -> str:
-    """str(), then repr(), then a placeholder: a hostile __str__ must not escape."""
-    for fn in (str, repr):
-        try:
-            text = fn(value)
-            if type(text) is str:
-                return text
-            return str.__str__(text) if isinstance(text, str) else f"<unrepresentable {_type_name(value)}>"
-        except Exception:  # noqa: BLE001,S112 - any failure means "try the next way"
-            continue
-    return f"<unrepresentable {_type_name(value)}>"
-
-
 def _float_value(v: float) -> float | str:
     if math.isfinite(v):
         return v
@@ -778,7 +759,7 @@ class Redactor:
         """Free text (exception messages, tracebacks): secrets replaced span by span, then capped."""
         try:
             if type(text) is not str:
-                text = _safe_str(text)
+                text = safe_str(text)
             return self._text(text)
         except Exception:  # noqa: BLE001
             return REDACTED
@@ -925,7 +906,7 @@ class Redactor:
             return self._node(int(v), 0, st)
         if isinstance(v, float):
             return self._node(float(v), 0, st)
-        text = _safe_str(v)
+        text = safe_str(v)
         st[_EST] += 6 * len(text) + 3
         return self._str(text)
 
@@ -1194,7 +1175,7 @@ def _key_text(k: Any) -> str:
         return v if isinstance(v, str) else repr(v)
     if isinstance(k, str):
         return str.__str__(k)
-    return _safe_str(k)
+    return safe_str(k)
 
 
 def _unique_key(out: dict[str, Any], key: str) -> str:

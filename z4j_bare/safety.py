@@ -3,7 +3,7 @@
 ``safe_boundary`` wraps every hook the agent installs in a host (signal receivers, patched
 methods); ``safe_call`` is the same for a single call. Swallowed errors are counted per site and
 logged with their type only (an exception message can carry task data). ``strict`` re-raises,
-for tests.
+for tests. ``safe_str`` turns any host object into text without letting its ``__str__`` raise.
 """
 
 from __future__ import annotations
@@ -83,3 +83,24 @@ def safe_boundary(fn: Callable[P, R] | None = None, *, site: str | None = None, 
         return wrapper
 
     return decorate(fn) if fn is not None else decorate
+
+
+def _type_name(value: Any) -> str:
+    try:
+        return type(value).__name__
+    except Exception:  # noqa: BLE001 - pathological metaclass
+        return "object"
+
+
+def safe_str(value: Any) -> str:
+    """str(), then repr(), then a placeholder: a hostile ``__str__`` never escapes, and the
+    result is a plain ``str`` (a str subclass could bring its own hooks along)."""
+    for fn in (str, repr):
+        try:
+            text = fn(value)
+            if type(text) is str:
+                return text
+            return str.__str__(text) if isinstance(text, str) else f"<unrepresentable {_type_name(value)}>"
+        except Exception:  # noqa: BLE001,S112 - any failure means "try the next way"
+            continue
+    return f"<unrepresentable {_type_name(value)}>"

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import EventKind
 from ..logs import get_logger
-from ..safety import safe_call
+from ..safety import safe_call, safe_str
 
 if TYPE_CHECKING:
     from .base import EventSink
@@ -161,13 +161,6 @@ def _exc_parts(exc: BaseException | None) -> tuple[str, str]:
         except Exception:  # noqa: BLE001
             message = "<unprintable>"
     return str(name), str(message)[:MAX_MESSAGE]
-
-
-def _safe_str(value: Any) -> str:
-    try:
-        return str(value)[:MAX_MESSAGE]
-    except Exception:  # noqa: BLE001
-        return f"<unprintable {type(value).__name__}>"
 
 
 def _queue(delivery_info: Any) -> str | None:
@@ -450,7 +443,7 @@ class CeleryCapture:
         if not isinstance(exc, Retry) and isinstance(getattr(exc, "exc", None), BaseException):
             exc = exc.exc  # ExceptionWithTraceback
         data = self._base(req)
-        data["reason"] = _safe_str(exc) if exc is not None else "retry"
+        data["reason"] = safe_str(exc)[:MAX_MESSAGE] if exc is not None else "retry"
         data["retry_count"] = int(req.request_dict.get("retries") or 0) + 1
         orig = getattr(exc, "exc", None)
         if isinstance(orig, BaseException):
@@ -638,7 +631,7 @@ class CeleryCapture:
         elif state == "RETRY" or (outcome and outcome[0] == "retry"):
             kind = EventKind.TASK_RETRIED
             reason = outcome[1] if outcome else retval
-            base["reason"] = _safe_str(reason)
+            base["reason"] = safe_str(reason)[:MAX_MESSAGE]
             base["retry_count"] = int((outcome[2] if outcome else 0) or 0) + 1
         elif state == "FAILURE" or (outcome and outcome[0] == "failure"):
             kind = EventKind.TASK_FAILED

@@ -25,7 +25,6 @@ from .frames import (
     new_nonce,
     parse_frame,
     parse_timestamp,
-    utc_now_text,
 )
 from .keys import (
     decode_hmac_secret,
@@ -37,5 +36,50 @@ from .keys import (
     token_digest,
 )
 from .signing import ReplayGuard, SessionBinding, Signer, Verifier, compute_hmac
+from .timestamps import EVENT_ZONE, utc_now_text, utc_text
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+# The public names, listed by hand: the submodules stay importable but are not exported.
+__all__ = [
+    "BACKOFF_POLICIES",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "EVENT_ZONE",
+    "MAX_EVENTS_PER_BATCH",
+    "PROTOCOL_VERSION",
+    "PROTOCOL_VERSION_TEXT",
+    "SIGNED_TYPES",
+    "BackoffClass",
+    "BackoffPolicy",
+    "CloseCode",
+    "Frame",
+    "FrameTooLargeError",
+    "FrameType",
+    "ProtocolError",
+    "ProtocolVersionError",
+    "ReplayError",
+    "ReplayGuard",
+    "SessionBinding",
+    "SignatureError",
+    "Signer",
+    "Verifier",
+    "canonical_bytes",
+    "canonical_text",
+    "classify_close",
+    "classify_error_frame",
+    "classify_http_status",
+    "compute_hmac",
+    "decode_hmac_secret",
+    "deployment_id",
+    "derive_project_secret",
+    "describe_close",
+    "encode_hmac_secret",
+    "encode_unsigned",
+    "new_frame_id",
+    "new_nonce",
+    "parse_frame",
+    "parse_timestamp",
+    "purge_token",
+    "require_key_length",
+    "token_digest",
+    "utc_now_text",
+    "utc_text",
+]

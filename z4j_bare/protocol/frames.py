@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -48,11 +48,6 @@ class Frame:
     seq: int | None = None
     nonce: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-
-def utc_now_text(now: datetime | None = None) -> str:
-    """``2026-04-16T12:34:56.789000Z``: the envelope timestamp form."""
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def new_nonce() -> str:

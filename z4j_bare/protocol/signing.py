@@ -23,8 +23,8 @@ from .frames import (
     frame_from_object,
     new_nonce,
     parse_timestamp,
-    utc_now_text,
 )
+from .timestamps import utc_now_text
 
 CLOCK_SKEW_SECONDS = 60.0
 NONCE_WINDOW_SECONDS = 180.0

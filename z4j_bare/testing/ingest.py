@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from struct import Struct
 from typing import Any, NamedTuple
 
+from ..protocol import utc_text
+
 DEDUPE_NAMESPACE = uuid.UUID("c4d2c84e-2f0a-4b6c-9c5b-1d6f9a1e7c2a")
 _NS_BYTES = DEDUPE_NAMESPACE.bytes
 PAST_WINDOW_SECONDS = 400 * 86400.0
@@ -126,9 +128,7 @@ def task_key(project_id: str, engine: str, task_id: str) -> int:
 
 
 def iso_utc(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return None if ts is None else utc_text(ts)
 
 
 def _text(value: Any, limit: int | None = None) -> str | None:
