@@ -143,6 +143,9 @@ def records():
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record)
 
+    # structlog.testing.capture_logs (other test files) leaves structlog "configured" for good,
+    # which would send these records down the host-structlog route instead.
+    structlog.reset_defaults()
     logger = logging.getLogger("z4j_bare")
     handler = Keep()
     logger.addHandler(handler)
