@@ -165,6 +165,19 @@ def test_records_carry_event_fields_and_are_scrubbed(records):
     assert "hunter2pass" not in record.getMessage() and TOKEN not in record.getMessage()
 
 
+def test_without_a_registered_scrubber_fields_are_dropped(records, monkeypatch):
+    """logs.py cannot import the redactor (it sits below it): the package registers it, and a
+    logs module left without one fails closed instead of writing fields unscrubbed."""
+    from z4j_bare import logs
+
+    monkeypatch.setattr(logs, "_scrubber_factory", None)
+    monkeypatch.setattr(logs, "_scrubber", None)
+    get_logger("z4j_bare.test").warning("test.unscrubbed", token=TOKEN)
+    (record,) = records
+    assert record.z4j_event == "test.unscrubbed" and TOKEN not in record.getMessage()
+    assert "token" not in record.z4j_fields
+
+
 def test_below_the_level_nothing_is_built(records):
     logging.getLogger("z4j_bare").setLevel(logging.WARNING)
     log = get_logger(__name__)

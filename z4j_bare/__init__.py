@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import logs as _logs
+
 __version__ = "2.0.0"
 
 _EXPORTS = {
@@ -44,6 +46,17 @@ if TYPE_CHECKING:
     from .runtime import AgentRuntime
     from .safety import safe_boundary, safe_call
     from .statechart import RuntimeState
+
+
+def _log_scrubber() -> Any:
+    from .redaction import log_scrubber
+
+    return log_scrubber()
+
+
+# Every agent log record is scrubbed before any handler sees it. logs.py is the bottom layer and
+# cannot import the redactor, so the package wires it in here: this runs before any submodule.
+_logs.set_scrubber_factory(_log_scrubber)
 
 
 def __getattr__(name: str) -> Any:

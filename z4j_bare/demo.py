@@ -261,7 +261,7 @@ class Demo:
                                "--without-gossip", "--without-mingle", "--without-heartbeat"])
         if "rq" in engines:
             self._spawn("rq", [sys.executable, "-m", "rq.cli", "worker", "-u", self.redis_url,
-                               "-w", "z4j_bare.engines.rq_workers.Worker", "-n", f"demo-{self.tag}",
+                               "-w", "z4j_rq.Worker", "-n", f"demo-{self.tag}",
                                "--logging_level", "WARNING", self.queue])
         self._spawn("beat", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "beat",
                              "-s", str(self.tmp / "beat-schedule"), "--loglevel=warning"])

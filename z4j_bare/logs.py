@@ -7,8 +7,9 @@ to stdout or stderr itself:
   context: ``log.warning("runtime.session_failed", reason=..., retry_in_s=2.0)``;
 - the host's stdlib levels are asked first (``isEnabledFor``), so a record below the host's level
   costs one cached check and nothing is built (structlog is not even imported);
-- an enabled record is scrubbed by the redactor's log scrubber (no secret reaches any handler),
-  then built by structlog and handed to the stdlib logger of the same name, with the message
+- an enabled record is scrubbed by the redactor's log scrubber (no secret reaches any handler;
+  the package hands it down with ``set_scrubber_factory``, as this module sits below the
+  redactor), then built by structlog and handed to the stdlib logger of the same name, with the message
   ``"<event> key=value ..."`` and the fields on the record as ``z4j_event`` / ``z4j_fields`` for
   JSON formatters;
 - when the host configured structlog itself (``structlog.configure``), the host's pipeline
@@ -22,6 +23,7 @@ A logging failure never reaches the caller.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 ROOT = "z4j_bare"
@@ -35,6 +37,7 @@ _LEVELS = {
 }
 
 _scrubber: Any = None
+_scrubber_factory: Callable[[], Callable[..., dict[str, Any]]] | None = None
 _stdlib_processors: list[Any] | None = None
 
 
@@ -97,12 +100,25 @@ def get_logger(name: str) -> AgentLogger:
     return AgentLogger(name)
 
 
+def set_scrubber_factory(factory: Callable[[], Callable[..., dict[str, Any]]]) -> None:
+    """Name what builds the log scrubber (the package registers the redactor's on import).
+
+    The redactor lives layers above this module, so it is handed down instead of imported; it
+    is built on the first record that is actually emitted.
+    """
+    global _scrubber_factory, _scrubber
+    _scrubber_factory, _scrubber = factory, None
+
+
+def _fields_dropped(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    # No scrubber registered (this module loaded outside its package): fail closed.
+    return {"event": event_dict.get("event", ""), "fields": "[dropped: no log scrubber registered]"}
+
+
 def _scrub(name: str, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     global _scrubber
     if _scrubber is None:
-        from .redaction import log_scrubber
-
-        _scrubber = log_scrubber()
+        _scrubber = _scrubber_factory() if _scrubber_factory is not None else _fields_dropped
     return _scrubber(name, method, event_dict)
 
 

@@ -11,7 +11,7 @@ or, with the Z4J_* environment set: ``rq worker --worker-class z4j_rq.Worker``
 from z4j_bare.engines.extras import needs_extra
 
 with needs_extra("z4j_rq (the RQ engine)"):
+    from z4j_bare.agent_rq import JobStopped, SimpleWorker, SpawnWorker, Worker
     from z4j_bare.engines.rq import RqEngineAdapter
-    from z4j_bare.engines.rq_workers import JobStopped, SimpleWorker, SpawnWorker, Worker
 
 __all__ = ["JobStopped", "RqEngineAdapter", "SimpleWorker", "SpawnWorker", "Worker"]
