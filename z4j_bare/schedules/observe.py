@@ -13,10 +13,10 @@ import asyncio
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..logs import get_logger
+from ..protocol import EVENT_ZONE, utc_text
 from ..protocol.schedules import ExternalScheduleProtocolError, normalize_external_schedule, storable_problem
 from .model import schedule_raw
 
@@ -37,7 +37,7 @@ def resolve(value: Any) -> Any:
 
 
 def iso_now() -> str:
-    return datetime.now(UTC).isoformat()
+    return utc_text(zone=EVENT_ZONE)
 
 
 class Projector:
