@@ -33,11 +33,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protocol", ("protocol", "protocol.*")),
     ("logs", ("logs",)),
     ("storage", ("buffer", "buffer_*", "spool", "spool_*", "storage", "storage.*", "storage_*")),
-    ("capture support", ("redaction", "redaction_*", "events", "safety", "forkguard")),
+    # config resolves settings from keywords and the environment and imports only protocol/ and
+    # logs: it sits with the support modules so engines that start in their own processes
+    # (Dramatiq workers) can read it.
+    ("capture support", ("redaction", "redaction_*", "events", "safety", "forkguard", "config")),
     ("engines", ("engines", "engines.*", "schedulers", "schedulers.*", "schedules.model")),
     ("runtime", ("statechart", "backoff", "transport", "transport.*", "transport_*", "session", "lifecycle",
                  "channels", "controls", "outbox", "outbox_*", "commands", "commands_*", "health", "runtime",
-                 "runtime_*", "agent", "agent_*", "framework", "config", "orchestrator", "schedules",
+                 "runtime_*", "agent", "agent_*", "framework", "orchestrator", "schedules",
                  "schedules.*")),
     ("testing", ("testing", "testing.*")),
     ("face", (FACADE, "__main__", "cli", "cli_*", "diagnostics", "diagnostics_*", "demo", "demo_*")),
@@ -57,6 +60,9 @@ KNOWN_CYCLES: Mapping[frozenset[str], str] = {
     # helper, which the owner satisfies, removes each.
     frozenset({"lifecycle", "runtime", "session"}): "runtime engineer",
     frozenset({"testing.brain", "testing.schedule_desk"}): "schedules engineer (local brain schedule desk)",
+    # The Dramatiq adapter and its command/cancel/dead-letter/middleware modules import each other.
+    frozenset({"engines.dramatiq", "engines.dramatiq_cancel", "engines.dramatiq_commands",
+               "engines.dramatiq_deadletters", "engines.dramatiq_middleware"}): "dramatiq engineer",
 }
 
 
