@@ -2,8 +2,8 @@
 
 Every engine adapter passes an event's ``data`` dict through :meth:`Redactor.scrub_data` before
 the event is buffered. The walk is bounded (depth cap, work cap, per-value and per-event byte
-caps), cycle safe, returns a JSON-safe copy and never raises: a redactor that crashes the
-worker is worse than one that over-redacts.
+caps, cut by ``redaction_limits``), cycle safe, returns a JSON-safe copy and never raises: a
+redactor that crashes the worker is worse than one that over-redacts.
 
 Two ways to hide a secret:
 
@@ -16,30 +16,22 @@ Two ways to hide a secret:
   sees the shape of the traceback.
 
 User patterns (``redaction_extra_key_patterns`` / ``redaction_extra_value_patterns``) are checked
-when the ``Redactor`` is built: a pattern that does not compile, matches the empty string, or
-can backtrack catastrophically (nested quantifiers, ambiguous alternation, or measured
-super-linear time on adversarial probes) raises :class:`RedactionPatternError` at install time
-instead of stalling a worker later.
+when the ``Redactor`` is built (``redaction_safety``): a pattern that does not compile, matches
+the empty string, or can backtrack catastrophically raises :class:`RedactionPatternError` at
+install time instead of stalling a worker later.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .logs import get_logger
-from .protocol import canonical_bytes
+from .redaction_limits import SURROGATES, TRUNCATION_MARKER_PREFIX, fit_event, truncate_utf8, utf8_len
+from .redaction_safety import RedactionPatternError, check_pattern
 from .safety import safe_str
-
-try:  # Python 3.11+: the parser moved under re; sre_parse still works but warns
-    from re import _constants as _sre
-    from re import _parser as _sre_parse
-except ImportError:  # pragma: no cover - Python < 3.11 is not supported, kept for tooling
-    import sre_constants as _sre  # type: ignore[no-redef]
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
 
 __all__ = [
     "REDACTED",
@@ -51,25 +43,9 @@ __all__ = [
 ]
 
 REDACTED = "[REDACTED]"
-TRUNCATION_MARKER_PREFIX = "\u2026[truncated "
 _CYCLE = "[REDACTED:cycle]"
 
 _log = get_logger(__name__)
-
-
-class RedactionPatternError(ValueError):
-    """A user-supplied redaction pattern was refused when the Redactor was built.
-
-    Patterns are configuration, not secrets, so the message quotes the pattern, names the
-    setting it came from, says why it was refused and how to fix it.
-    """
-
-    def __init__(self, setting: str, pattern: object, reason: str, fix: str) -> None:
-        self.setting = setting
-        self.pattern = pattern
-        self.reason = reason
-        self.fix = fix
-        super().__init__(f"{setting}: pattern {pattern!r} refused: {reason}. Fix: {fix}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,12 +218,7 @@ _IDENTITY_FIELDS = frozenset(
     {"task_name", "queue", "worker", "worker_name", "task_id", "parent_task_id", "root_task_id",
      "engine", "kind", "priority"}
 )
-# When an event is too big these go first, in this order, before any other field.
-_SHRINK_FIRST = ("traceback", "args", "kwargs", "result", "description", "exception_message",
-                 "exception")
-_KEEP_LAST = ("task_name", "queue", "worker")
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
 _AUTH_SCHEMES = re.compile(r"(?:bearer|basic|token|digest|negotiate|ntlm|apikey)\s+", re.IGNORECASE)
 _VALUE_STOP = frozenset(" \t\r\n,;&)}]>\"'")
 _TOKEN_STOP = frozenset(" \t\r\n\"'`,;()[]{}<>=:|")
@@ -299,334 +270,7 @@ def _is_card_number(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Catastrophic-backtracking analysis for user patterns
-
-_MAXREPEAT = _sre.MAXREPEAT
-_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT)
-# Characters a pattern's single-char items are tested against (cheap set algebra).
-_ALPHABET = tuple(chr(i) for i in range(256)) + ("\u00e9", "\u03a9", "\u20ac", "\u4e2d", "\U0001f600")
-_ALL = frozenset(_ALPHABET)
-_CATEGORY_TEST: dict[Any, Callable[[str], bool]] = {
-    _sre.CATEGORY_DIGIT: str.isdigit,
-    _sre.CATEGORY_NOT_DIGIT: lambda c: not c.isdigit(),
-    _sre.CATEGORY_SPACE: str.isspace,
-    _sre.CATEGORY_NOT_SPACE: lambda c: not c.isspace(),
-    _sre.CATEGORY_WORD: lambda c: c.isalnum() or c == "_",
-    _sre.CATEGORY_NOT_WORD: lambda c: not (c.isalnum() or c == "_"),
-}
-
-
-def _char_set(op: Any, av: Any, icase: bool) -> frozenset[str] | None:
-    """The characters a single-character item can consume, or None if it is not one."""
-
-    def lit(code: int) -> set[str]:
-        c = chr(code)
-        return {c, c.lower(), c.upper()} if icase else {c}
-
-    if op is _sre.LITERAL:
-        return frozenset(lit(av))
-    if op is _sre.NOT_LITERAL:
-        return _ALL - lit(av)
-    if op is _sre.ANY:
-        return _ALL - {"\n"}
-    if op is _sre.IN:
-        chars: set[str] = set()
-        negate = False
-        for iop, iav in av:
-            if iop is _sre.NEGATE:
-                negate = True
-            elif iop is _sre.LITERAL:
-                chars |= lit(iav)
-            elif iop is _sre.RANGE:
-                lo, hi = iav
-                for c in _ALPHABET:
-                    variants = (c, c.lower(), c.upper()) if icase else (c,)
-                    if any(len(v) == 1 and lo <= ord(v) <= hi for v in variants):
-                        chars.add(c)
-            elif iop is _sre.CATEGORY:
-                test = _CATEGORY_TEST.get(iav)
-                chars |= {c for c in _ALPHABET if test is None or test(c)}
-            else:  # RANGE_UNI_IGNORE, CHARSET... (not produced by the parser): assume anything
-                chars = set(_ALPHABET)
-        return frozenset(_ALL - chars) if negate else frozenset(chars)
-    return None
-
-
-def _consumable(seq: Iterable[Any], icase: bool) -> frozenset[str]:
-    """Every character any single-char item inside ``seq`` can consume (over-approximation)."""
-    out: set[str] = set()
-    for op, av in seq:
-        cs = _char_set(op, av, icase)
-        if cs is not None:
-            out |= cs
-        elif op in _REPEATS or op is _sre.POSSESSIVE_REPEAT:
-            out |= _consumable(av[2], icase)
-        elif op is _sre.SUBPATTERN:
-            out |= _consumable(av[-1], icase)
-        elif op is _sre.ATOMIC_GROUP:
-            out |= _consumable(av, icase)
-        elif op is _sre.BRANCH:
-            for alt in av[1]:
-                out |= _consumable(alt, icase)
-        elif op is _sre.GROUPREF_EXISTS:
-            out |= _consumable(av[1], icase)
-            if av[2] is not None:
-                out |= _consumable(av[2], icase)
-        elif op is _sre.GROUPREF:
-            out |= _ALL
-    return frozenset(out)
-
-
-def _first(seq: Sequence[Any], icase: bool) -> tuple[frozenset[str], bool] | None:
-    """(possible first characters, can match empty) of a sequence, None when unknown."""
-    acc: set[str] = set()
-    for op, av in seq:
-        cs = _char_set(op, av, icase)
-        if cs is not None:
-            return frozenset(acc | cs), False
-        if op is _sre.AT or op in (_sre.ASSERT, _sre.ASSERT_NOT):
-            continue
-        if op is _sre.SUBPATTERN or op is _sre.ATOMIC_GROUP:
-            sub = _first(av[-1] if op is _sre.SUBPATTERN else av, icase)
-        elif op in _REPEATS or op is _sre.POSSESSIVE_REPEAT:
-            sub = _first(av[2], icase)
-            if sub is not None and av[0] == 0:
-                sub = (sub[0], True)
-        elif op is _sre.BRANCH:
-            parts = [_first(alt, icase) for alt in av[1]]
-            if any(p is None for p in parts):
-                return None
-            sub = (frozenset().union(*(p[0] for p in parts)), any(p[1] for p in parts))  # type: ignore[index]
-        else:
-            return None
-        if sub is None:
-            return None
-        acc |= sub[0]
-        if not sub[1]:
-            return frozenset(acc), False
-    return frozenset(acc), True
-
-
-def _mandatory_chars(seq: Sequence[Any], icase: bool) -> list[frozenset[str]]:
-    """Char sets of single-char items every match of ``seq`` must consume (top level only)."""
-    out: list[frozenset[str]] = []
-    for op, av in seq:
-        cs = _char_set(op, av, icase)
-        if cs is not None:
-            out.append(cs)
-        elif op is _sre.SUBPATTERN:
-            out.extend(_mandatory_chars(av[-1], icase))
-        elif op in _REPEATS and av[0] >= 1 and len(av[2]) == 1:
-            inner = _char_set(av[2][0][0], av[2][0][1], icase)
-            if inner is not None:
-                out.append(inner)
-    return out
-
-
-def _structural_problem(pattern: str, parsed: Any, icase: bool) -> str | None:
-    """Name the first construct that can backtrack exponentially, or None."""
-
-    def walk(seq: Sequence[Any], outer: Sequence[Any] | None) -> str | None:
-        for op, av in seq:
-            if op in _REPEATS:
-                lo, hi, body = av
-                variable = lo != hi
-                if outer is not None and variable:
-                    inner_chars = _consumable(body, icase)
-                    separators = _mandatory_chars(outer, icase)
-                    if not any(sep and not (sep & inner_chars) for sep in separators):
-                        return ("nested quantifier: a variable repeat inside another repeat "
-                                "(like '(a+)+' or '(\\w+\\s?)*') can try exponentially many splits")
-                repeats_many = hi == _MAXREPEAT or hi >= 3
-                if repeats_many:
-                    problem = ambiguous_branch(body)
-                    if problem:
-                        return problem
-                found = walk(body, body if repeats_many else outer)
-                if found:
-                    return found
-            elif op is _sre.POSSESSIVE_REPEAT:
-                found = walk(av[2], None)
-                if found:
-                    return found
-            elif op is _sre.ATOMIC_GROUP:
-                found = walk(av, None)
-                if found:
-                    return found
-            elif op is _sre.SUBPATTERN:
-                found = walk(av[-1], outer)
-                if found:
-                    return found
-            elif op is _sre.BRANCH:
-                for alt in av[1]:
-                    found = walk(alt, outer)
-                    if found:
-                        return found
-            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-                found = walk(av[1], None)
-                if found:
-                    return found
-            elif op is _sre.GROUPREF_EXISTS:
-                for branch in (av[1], av[2]):
-                    if branch is not None:
-                        found = walk(branch, outer)
-                        if found:
-                            return found
-        return None
-
-    def ambiguous_branch(body: Sequence[Any]) -> str | None:
-        for op, av in body:
-            if op is _sre.SUBPATTERN:
-                found = ambiguous_branch(av[-1])
-                if found:
-                    return found
-            if op is not _sre.BRANCH:
-                continue
-            firsts = [_first(alt, icase) for alt in av[1]]
-            empties = sum(1 for f in firsts if f is not None and f[1])
-            if empties > 1:
-                return ("ambiguous alternation inside a repeat (like '(a|a)*'): two branches "
-                        "match the same text")
-            known = [f[0] for f in firsts if f is not None and not f[1]]
-            for i, a in enumerate(known):
-                for b in known[i + 1:]:
-                    if a & b:
-                        return ("ambiguous alternation inside a repeat (like '(a|ab)+' or "
-                                "'(x|x?)*'): branches can start with the same character")
-        return None
-
-    return walk(parsed.data, None)
-
-
-def _probe_chars(parsed: Any, icase: bool) -> list[str]:
-    chars: list[str] = []
-
-    def add(c: str) -> None:
-        if c not in chars and len(chars) < 12:
-            chars.append(c)
-
-    def walk(seq: Iterable[Any]) -> None:
-        for op, av in seq:
-            cs = _char_set(op, av, icase)
-            if cs is not None:
-                for pick in ("a", "0", " ", "-", "."):
-                    if pick in cs:
-                        add(pick)
-                        break
-                else:
-                    if cs:
-                        add(min(cs))
-            elif op in _REPEATS or op is _sre.POSSESSIVE_REPEAT:
-                walk(av[2])
-            elif op is _sre.SUBPATTERN:
-                walk(av[-1])
-            elif op is _sre.ATOMIC_GROUP:
-                walk(av)
-            elif op is _sre.BRANCH:
-                for alt in av[1]:
-                    walk(alt)
-            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-                walk(av[1])
-
-    walk(parsed.data)
-    for c in ("a", "0", " ", "-", "@"):
-        add(c)
-    return chars
-
-
-def _time_once(fn: Callable[[str], Any], probe: str) -> float:
-    start = time.perf_counter()
-    fn(probe)
-    return time.perf_counter() - start
-
-
-def _timing_problem(compiled: re.Pattern[str], parsed: Any, icase: bool, *, key: bool,
-                    per_probe: float, total_budget: float) -> str | None:
-    """Run the pattern on growing adversarial probes; refuse slow or super-linear growth.
-
-    Sizes double (or grow by a few characters for keys), so a bad pattern is caught by its
-    growth a step or two before a single probe can take long."""
-    fn = compiled.fullmatch if key else compiled.search
-    sizes = (8, 12, 16, 20, 24, 32, 48, 64) if key else (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-    chars = _probe_chars(parsed, icase)
-    families = chars[:8] + [a + b for i, a in enumerate(chars[:4]) for b in chars[i + 1:4]]
-    spent = 0.0
-    for unit in families:
-        history: list[tuple[int, float]] = []
-        for size in sizes:
-            probe = _probe(unit, size)
-            t = _time_once(fn, probe)
-            if 0.001 < t < 3 * per_probe:  # a busy machine or a real problem: best of three
-                t = min(t, _time_once(fn, probe), _time_once(fn, probe))
-            spent += t
-            if t > per_probe:
-                return (f"took {t * 1000:.0f} ms on a {size}-character probe ({unit!r} repeated); "
-                        f"the budget is {per_probe * 1000:.0f} ms")
-            # Linear time grows like the size ratio, quadratic like its square. Compare with the
-            # probe two steps back (a 4x size ratio for values) and confirm with fresh runs, so
-            # a scheduling hiccup on a busy machine does not refuse a good pattern.
-            if len(history) >= 2 and t > 0.002:
-                base_size, base_t = history[-2]
-                if t / base_t > (size / base_size) ** 1.6:
-                    base_probe = _probe(unit, base_size)
-                    base_t = min(base_t, *(_time_once(fn, base_probe) for _ in range(3)))
-                    t = min(t, *(_time_once(fn, probe) for _ in range(3)))
-                    if t > 0.002 and t / base_t > (size / base_size) ** 1.6:
-                        return (f"run time grows super-linearly with input length ({base_t * 1000:.1f} ms "
-                                f"at {base_size} chars, {t * 1000:.1f} ms at {size}); values are "
-                                f"searched up to 8 KB, where this would cost far more")
-            if spent > total_budget:
-                return (f"adversarial probes took {spent * 1000:.0f} ms in total "
-                        f"(budget {total_budget * 1000:.0f} ms)")
-            history.append((size, max(t, 1e-7)))
-    return None
-
-
-def _probe(unit: str, size: int) -> str:
-    return (unit * (size // len(unit) + 1))[:size] + "\x00"
-
-
-# Time budgets for the adversarial probes. Keys are probed up to 64 characters (extra key
-# patterns never see longer keys), values up to 4096; budgets are generous on purpose so a busy
-# machine does not refuse a good pattern: the growth check is what catches super-linear ones.
-_KEY_BUDGET = (0.020, 0.100)
-_VALUE_BUDGET = (0.100, 2.0)
-
-
-def _check_pattern(setting: str, index: int, pattern: object, *, key: bool) -> re.Pattern[str]:
-    per_probe, total_budget = _KEY_BUDGET if key else _VALUE_BUDGET
-    where = f"{setting}[{index}]"
-    fix_generic = ("use possessive quantifiers ('a++', '\\w*+') or atomic groups ('(?>...)'), "
-                   "bound repeats ('{1,64}'), or anchor the pattern on a literal prefix")
-    if not isinstance(pattern, str):
-        raise RedactionPatternError(where, pattern, f"expected a regex string, got {type(pattern).__name__}",
-                                    "pass a list of strings")
-    if not pattern.strip():
-        raise RedactionPatternError(where, pattern, "empty pattern", "remove it or write a real regex")
-    if len(pattern) > 1024:
-        raise RedactionPatternError(where, pattern[:64] + "...", f"pattern is {len(pattern)} characters long",
-                                    "keep each pattern under 1024 characters; split it into several")
-    try:
-        compiled = re.compile(pattern, re.IGNORECASE)
-        parsed = _sre_parse.parse(pattern, re.IGNORECASE)
-    except (re.error, RecursionError, OverflowError) as exc:
-        raise RedactionPatternError(where, pattern, f"does not compile ({exc})",
-                                    "check the regex syntax (Python 're' module)") from None
-    icase = True
-    lo, _hi = parsed.getwidth()
-    if not key and lo == 0:
-        raise RedactionPatternError(where, pattern, "it can match the empty string, so it would redact every value",
-                                    "require at least one character (use '+' instead of '*')")
-    problem = _structural_problem(pattern, parsed, icase)
-    if problem:
-        raise RedactionPatternError(where, pattern, f"catastrophic backtracking risk: {problem}", fix_generic)
-    problem = _timing_problem(compiled, parsed, icase, key=key, per_probe=per_probe, total_budget=total_budget)
-    if problem:
-        if not key and (pattern.startswith((".*", ".+")) or pattern.endswith((".*", ".+"))):
-            fix_generic = ("drop the leading/trailing '.*' (value patterns are already searched "
-                           "anywhere in the string); " + fix_generic)
-        raise RedactionPatternError(where, pattern, f"catastrophic backtracking: {problem}", fix_generic)
-    return compiled
+# User patterns
 
 
 def _combine(compiled: list[re.Pattern[str]]) -> list[re.Pattern[str]]:
@@ -659,41 +303,22 @@ def _float_value(v: float) -> float | str:
     return "Infinity" if v > 0 else "-Infinity"
 
 
-def _utf8_len(s: str) -> int:
-    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
-
-
-def _truncate_utf8(s: str, limit: int, total: int | None = None) -> str:
-    """Cut ``s`` so the result, marker included, is at most ``limit`` UTF-8 bytes."""
-    if total is None:
-        total = _utf8_len(s)
-    if total <= limit:
-        return s
-    reserve = len((TRUNCATION_MARKER_PREFIX + f"{total} bytes]").encode("utf-8"))
-    keep = max(0, limit - reserve)
-    head = s[:keep].encode("utf-8", "surrogatepass")[:keep].decode("utf-8", "ignore")
-    head = _SURROGATES.sub("\ufffd", head)
-    kept = _utf8_len(head)
-    return f"{head}{TRUNCATION_MARKER_PREFIX}{total - kept} bytes]"
-
-
-def _json_size(value: Any) -> int:
-    return len(canonical_bytes(value))
-
-
 # ---------------------------------------------------------------------------------------------
 # The redactor
 
 
-# Per-call walk state, a plain list because it is built for every event: [0] an upper bound of
-# the output's JSON size (drives the work cap and lets small events skip serialisation), [1] the
-# ids of the containers on the current path (cycle detection).
-_Walk = list
-_EST, _PATH = 0, 1
+class _Walk:
+    """The state of one walk (one ``scrub``/``scrub_data`` call): ``est``, an upper bound of the
+    output's JSON size so far (it drives the work cap and lets a small event skip serialisation),
+    and ``path``, the ids of the containers on the current path (cycle detection).
 
+    Slots make each update cheaper than the bare list this replaces; there is no ``__init__``
+    because a Python-level call would cost more than the list did: its two creators fill it.
+    """
 
-def _new_walk() -> list[Any]:
-    return [0, set()]
+    __slots__ = ("est", "path")
+    est: int
+    path: set[int]
 
 
 class Redactor:
@@ -725,14 +350,15 @@ class Redactor:
         self.extra_key_patterns = tuple(key_list)
         self.extra_value_patterns = tuple(value_list)
         self._extra_keys = _combine([
-            _check_pattern("redaction_extra_key_patterns", i, p, key=True) for i, p in enumerate(key_list)
+            check_pattern("redaction_extra_key_patterns", i, p, key=True).regex for i, p in enumerate(key_list)
         ])
+        scan_chars = self.max_value_bytes + _SCAN_PAST_CUT
         extra_values = [
-            _check_pattern("redaction_extra_value_patterns", i, p, key=False) for i, p in enumerate(value_list)
+            check_pattern("redaction_extra_value_patterns", i, p, key=False, scan_chars=scan_chars)
+            for i, p in enumerate(value_list)
         ]
-        self._extra_value_min = min((_sre_parse.parse(p.pattern, re.IGNORECASE).getwidth()[0] for p in extra_values),
-                                    default=1 << 30)
-        self._extra_values = _combine(extra_values)
+        self._extra_value_min = min((p.shortest for p in extra_values), default=1 << 30)
+        self._extra_values = _combine([p.regex for p in extra_values])
 
         self._key_re = re.compile("|".join(f"(?:{p})" for p in _KEY_PATTERNS), re.IGNORECASE)
         self._kv = _KV_ANY if self._extra_keys else _KV_BUILTIN
@@ -751,7 +377,9 @@ class Redactor:
     def scrub(self, value: Any) -> Any:
         """A JSON-safe, redacted, size-capped copy of ``value``. Never raises."""
         try:
-            return self._node(value, 0, _new_walk())
+            st = _Walk()
+            st.est, st.path = 0, set()
+            return self._node(value, 0, st)
         except Exception:  # noqa: BLE001 - the contract is "never raises"
             return REDACTED
 
@@ -789,24 +417,24 @@ class Redactor:
     def _node(self, v: Any, depth: int, st: _Walk) -> Any:
         t = type(v)
         if t is str:
-            st[_EST] += 6 * len(v) + 3
+            st.est += 6 * len(v) + 3
             return self._str(v)
         if t is int:
             bits = v.bit_length()
             if bits > 1024:  # json refuses ints over 4300 digits; nobody needs them
-                st[_EST] += 32
+                st.est += 32
                 return f"<int of {bits} bits>"
-            st[_EST] += 24 if bits <= 64 else bits // 3 + 3
+            st.est += 24 if bits <= 64 else bits // 3 + 3
             return v
         if t is dict:
             return self._dict(v, depth, st)
         if t is list or t is tuple:
             return self._list(v, depth, st)
         if v is None or t is bool:
-            st[_EST] += 6
+            st.est += 6
             return v
         if t is float:
-            st[_EST] += 26
+            st.est += 26
             return _float_value(v)
         try:
             if isinstance(v, dict):
@@ -819,9 +447,9 @@ class Redactor:
 
     def _dict(self, v: dict[Any, Any], depth: int, st: _Walk) -> Any:
         ident = id(v)
-        path = st[_PATH]
+        path = st.path
         if depth >= self.max_depth or ident in path:
-            st[_EST] += 20
+            st.est += 20
             return REDACTED if ident not in path else _CYCLE
         path.add(ident)
         try:
@@ -831,7 +459,7 @@ class Redactor:
             est = 2
             items = list(dict.items(v))  # RuntimeError if another thread resizes it: caught
             for k, val in items:
-                if st[_EST] + est > self._work_cap:
+                if st.est + est > self._work_cap:
                     out[TRUNCATION_MARKER_PREFIX + "keys]"] = f"{len(items) - len(out)} more keys"
                     break
                 decision = cache.get(k) if type(k) is str else None
@@ -847,7 +475,7 @@ class Redactor:
                     out[out_key] = val
                 else:
                     out[out_key] = node(val, depth + 1, st)
-            st[_EST] += est
+            st.est += est
             return out
         except Exception:  # noqa: BLE001
             return REDACTED
@@ -856,9 +484,9 @@ class Redactor:
 
     def _list(self, v: Any, depth: int, st: _Walk) -> Any:
         ident = id(v)
-        path = st[_PATH]
+        path = st.path
         if depth >= self.max_depth or ident in path:
-            st[_EST] += 20
+            st.est += 20
             return REDACTED if ident not in path else _CYCLE
         path.add(ident)
         try:
@@ -874,10 +502,10 @@ class Redactor:
                 items = list(v)
             node = self._node
             out: list[Any] = []
-            st[_EST] += 2 + len(items)
+            st.est += 2 + len(items)
             cap = self._work_cap
             for item in items:
-                if st[_EST] > cap:
+                if st.est > cap:
                     out.append(f"{TRUNCATION_MARKER_PREFIX}{len(items) - len(out)} items]")
                     break
                 if type(item) is int and -_INT64 <= item < _INT64:
@@ -896,7 +524,7 @@ class Redactor:
             text = repr(raw)
             if len(v) > self.max_value_bytes:
                 text += f"{TRUNCATION_MARKER_PREFIX}{len(v) - self.max_value_bytes} bytes]"
-            st[_EST] += 6 * len(text) + 3
+            st.est += 6 * len(text) + 3
             return self._str(text)
         if isinstance(v, str):  # str subclass
             return self._node(str.__str__(v), 0, st)
@@ -907,7 +535,7 @@ class Redactor:
         if isinstance(v, float):
             return self._node(float(v), 0, st)
         text = safe_str(v)
-        st[_EST] += 6 * len(text) + 3
+        st.est += 6 * len(text) + 3
         return self._str(text)
 
     # -- keys ---------------------------------------------------------------------------------
@@ -943,13 +571,13 @@ class Redactor:
             try:
                 s.encode("utf-8")
             except UnicodeEncodeError:
-                s = _SURROGATES.sub("\ufffd", s)
+                s = SURROGATES.sub("\ufffd", s)
         if len(s) <= self._ascii_fits:
             return s, s
-        total = _utf8_len(s)
+        total = utf8_len(s)
         if total <= self.max_value_bytes:
             return s, s
-        cut = _truncate_utf8(s, self.max_value_bytes, total)
+        cut = truncate_utf8(s, self.max_value_bytes, total)
         return cut, s[: len(cut) + _SCAN_PAST_CUT]
 
     def _str(self, s: str) -> str:
@@ -1018,65 +646,47 @@ class Redactor:
                         if first:
                             return spans
         if "=" in s or ":" in s:
-            rev = fold[::-1]
-            for rx in self._kv:
-                for m in rx.finditer(rev):
-                    ks, ke = m.span("k")
-                    if not self._key(s[n - ke:n - ks])[1]:
-                        continue
-                    vstart = n - m.start()
-                    while vstart < n and s[vstart] in " \t":
-                        vstart += 1
-                    vend = _kv_value_end(s, vstart)
-                    if vend > vstart:
-                        if s[vstart] in "\"'" and vend - vstart >= 2 and s[vend - 1] == s[vstart]:
-                            add((vstart + 1, vend - 1))  # keep the quotes: output stays readable
-                        else:
-                            add((vstart, vend))
-                        if first:
-                            return spans
+            self._assignment_spans(s, fold, first, spans)
         return spans
+
+    def _assignment_spans(self, s: str, fold: str, first: bool, spans: list[tuple[int, int]]) -> None:
+        """Add the value spans of ``key=value`` / ``key: value`` whose key is sensitive."""
+        n = len(s)
+        rev = fold[::-1]
+        for rx in self._kv:
+            for m in rx.finditer(rev):
+                ks, ke = m.span("k")
+                if not self._key(s[n - ke:n - ks])[1]:
+                    continue
+                vstart = n - m.start()
+                while vstart < n and s[vstart] in " \t":
+                    vstart += 1
+                vend = _kv_value_end(s, vstart)
+                if vend > vstart:
+                    if s[vstart] in "\"'" and vend - vstart >= 2 and s[vend - 1] == s[vstart]:
+                        spans.append((vstart + 1, vend - 1))  # keep the quotes: output stays readable
+                    else:
+                        spans.append((vstart, vend))
+                    if first:
+                        return
 
     def _text(self, text: str) -> str:
         capped, scan = self._clean(text)
         out = _replace_spans(scan, self._spans(scan, False))
         if self._extra_values:
-            out = self._sub_extra(out)
+            out = _sub_extra(out, self._extra_values)
         if capped is not scan:
             # scrubbed past the cut (a secret may straddle it); cap again, counting the original
-            out = _truncate_utf8(out, self.max_value_bytes, max(_utf8_len(text), _utf8_len(out)))
+            out = truncate_utf8(out, self.max_value_bytes, max(utf8_len(text), utf8_len(out)))
         return out
-
-    def _sub_extra(self, s: str) -> str:
-        """User patterns may match only part of a secret (a prefix, say): widen each hit to the
-        whole token around it so no tail of the secret survives."""
-        for rx in self._extra_values:
-            parts: list[str] = []
-            last = pos = 0
-            while pos <= len(s):
-                m = rx.search(s, pos)
-                if m is None:
-                    break
-                start, end = m.start(), m.end()
-                while start > last and s[start - 1] not in _TOKEN_STOP:
-                    start -= 1
-                while end < len(s) and s[end] not in _TOKEN_STOP:
-                    end += 1
-                parts.append(s[last:start])
-                parts.append(REDACTED)
-                last = end
-                pos = max(end, m.start() + 1)
-            if parts:
-                parts.append(s[last:])
-                s = "".join(parts)
-        return s
 
     # -- events -------------------------------------------------------------------------------
 
     def _scrub_data(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             data = {"value": data}
-        st = _new_walk()
+        st = _Walk()
+        st.est, st.path = 0, set()
         out: dict[str, Any] = {}
         cache = self._key_cache
         fits = self._ascii_fits
@@ -1099,59 +709,10 @@ class Redactor:
                 out[out_key] = self._text(v)
             else:
                 out[out_key] = self._node(v, 1, st)
-        if st[_EST] + est <= self.max_event_bytes:  # an upper bound: no need to serialise
+        if st.est + est <= self.max_event_bytes:  # an upper bound: no need to serialise
             return out
-        return self._fit(out)
+        return fit_event(out, self.max_event_bytes)
 
-    def _fit(self, out: dict[str, Any]) -> dict[str, Any]:
-        limit = self.max_event_bytes
-        total = _json_size(out)
-        if total <= limit:
-            return out
-        sizes = {k: _json_size(v) for k, v in out.items()}
-        first = [k for k in _SHRINK_FIRST if k in out]
-        rest = [k for k in out if k not in first and k not in _KEEP_LAST]
-        last = [k for k in _KEEP_LAST if k in out]
-        # 1. shrink values, payload fields first, largest first inside a group: the fewest
-        #    fields lose information
-        for group in (first, rest):
-            for k in sorted(group, key=lambda k: -sizes[k]):
-                if total <= limit:
-                    return out
-                smaller = _shrink(out[k], max(0, sizes[k] - (total - limit)))
-                new = _json_size(smaller)
-                if new < sizes[k]:
-                    out[k] = smaller
-                    total += new - sizes[k]
-                    sizes[k] = new
-        if total <= limit:
-            return out
-        # 2. too many fields: drop whole fields (smallest priority first) behind one marker
-        marker_key = TRUNCATION_MARKER_PREFIX + "fields]"
-        reserve = 80
-        dropped = 0
-        for k in [*reversed(rest), *reversed(first)]:
-            if total + reserve <= limit:
-                break
-            total -= _json_size(k) + sizes.pop(k) + 2
-            del out[k]
-            dropped += 1
-        if dropped:
-            out[marker_key] = f"{dropped} fields dropped to fit {limit} bytes"
-        total = _json_size(out)
-        # 3. the identity fields themselves (only when max_value_bytes > max_event_bytes)
-        for k in sorted(last, key=lambda k: -sizes[k]):
-            if total <= limit:
-                return out
-            smaller = _shrink(out[k], max(0, sizes[k] - (total - limit)))
-            if _json_size(smaller) < sizes[k]:
-                out[k] = smaller
-                total = _json_size(out)
-        if total <= limit:
-            return out
-        slim = {k: _shrink(out[k], limit // 8) for k in _KEEP_LAST if k in out}
-        slim[marker_key] = f"event did not fit in {limit} bytes"
-        return slim
 
 
 def _check_int(name: str, value: Any, minimum: int, fix: str) -> int:
@@ -1183,6 +744,31 @@ def _unique_key(out: dict[str, Any], key: str) -> str:
     while f"{key}#{n}" in out:
         n += 1
     return f"{key}#{n}"
+
+
+def _sub_extra(s: str, patterns: list[re.Pattern[str]]) -> str:
+    """User patterns may match only part of a secret (a prefix, say): widen each hit to the
+    whole token around it so no tail of the secret survives."""
+    for rx in patterns:
+        parts: list[str] = []
+        last = pos = 0
+        while pos <= len(s):
+            m = rx.search(s, pos)
+            if m is None:
+                break
+            start, end = m.start(), m.end()
+            while start > last and s[start - 1] not in _TOKEN_STOP:
+                start -= 1
+            while end < len(s) and s[end] not in _TOKEN_STOP:
+                end += 1
+            parts.append(s[last:start])
+            parts.append(REDACTED)
+            last = end
+            pos = max(end, m.start() + 1)
+        if parts:
+            parts.append(s[last:])
+            s = "".join(parts)
+    return s
 
 
 def _kv_value_end(s: str, start: int) -> int:
@@ -1242,62 +828,6 @@ def _replace_spans(s: str, spans: list[tuple[int, int]]) -> str:
     parts.append(REDACTED)
     parts.append(s[cur_end:])
     return "".join(parts)
-
-
-def _shrink(value: Any, budget: int) -> Any:
-    """A version of ``value`` whose canonical JSON is at most ``budget`` bytes (best effort:
-    the smallest marker is about 30 bytes)."""
-    size = _json_size(value)
-    if size <= budget:
-        return value
-    if isinstance(value, str):
-        # JSON escaping can make the encoded form larger than the UTF-8 text: cut, then verify
-        limit = max(0, budget - 2)
-        for _ in range(8):
-            cut = _truncate_utf8(value, limit)
-            if _json_size(cut) <= budget or limit == 0:
-                return cut
-            limit = max(0, limit - (_json_size(cut) - budget) - 8)
-        return cut
-    marker_room = 40
-    if isinstance(value, list):
-        out: list[Any] = []
-        used = 2
-        for i, item in enumerate(value):
-            item_size = _json_size(item) + 1
-            room = budget - used - marker_room
-            if item_size <= room:
-                out.append(item)
-                used += item_size
-                continue
-            if room > 64:
-                out.append(_shrink(item, room - 1))
-                used += _json_size(out[-1]) + 1
-                i += 1
-            if i < len(value):
-                out.append(f"{TRUNCATION_MARKER_PREFIX}{len(value) - i} items]")
-            break
-        return out if _json_size(out) <= budget else f"{TRUNCATION_MARKER_PREFIX}{size} bytes]"
-    if isinstance(value, dict):
-        outd: dict[str, Any] = {}
-        used = 2
-        items = list(value.items())
-        for i, (k, item) in enumerate(items):
-            item_size = _json_size(k) + _json_size(item) + 2
-            room = budget - used - marker_room - len(k.encode("utf-8", "surrogatepass"))
-            if item_size <= budget - used - marker_room:
-                outd[k] = item
-                used += item_size
-                continue
-            if room > 64:
-                outd[k] = _shrink(item, room - 4)
-                used += _json_size(k) + _json_size(outd[k]) + 2
-                i += 1
-            if i < len(items):
-                outd[TRUNCATION_MARKER_PREFIX + "keys]"] = f"{len(items) - i} more keys"
-            break
-        return outd if _json_size(outd) <= budget else f"{TRUNCATION_MARKER_PREFIX}{size} bytes]"
-    return f"{TRUNCATION_MARKER_PREFIX}{size} bytes]"
 
 
 # ---------------------------------------------------------------------------------------------
