@@ -55,7 +55,8 @@ def assert_names_option(err: ConfigError, name: str) -> None:
 # ------------------------------------------------------------------ the table itself
 
 
-def test_options_table_matches_config_fields_and_defaults():
+def test_options_table_is_read_from_the_config_fields():
+    # Each default is written once, on its Config field; OPTIONS is derived from the fields.
     fields = {f.name: f for f in dataclasses.fields(Config) if f.init}
     assert [o.name for o in OPTIONS] == list(fields)
     for opt in OPTIONS:
@@ -536,6 +537,18 @@ def test_all_problems_reported_together():
         assert name in text, name
     assert len(err.problems) == 5 and TOKEN not in text
     assert isinstance(err, ValueError)
+
+
+def test_resolve_validates_once(monkeypatch):
+    import z4j_bare.config as mod
+
+    calls = []
+    real = mod._validate
+    monkeypatch.setattr(mod, "_validate", lambda raw: calls.append(1) or real(raw))
+    cfg = Config.resolve(env=BASE_ENV, heartbeat_seconds=20)
+    assert calls == [1] and cfg.heartbeat_seconds == 20.0 and cfg.source_of("heartbeat_seconds") == "kwarg"
+    Config(brain_url="https://h", token="t", hmac_secret=HMAC, project_id="p")
+    assert calls == [1, 1]
 
 
 def test_direct_construction_validates():

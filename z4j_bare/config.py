@@ -38,7 +38,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -210,91 +210,15 @@ def _num_text(value: float | None) -> str | None:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _opt(name: str, kind: str, default: Any, doc: str, **extra: Any) -> Option:
-    return Option(name=name, env="Z4J_" + name.upper(), kind=kind, default=default, doc=doc, **extra)
+#: The default of an option that has none: it must be given (keyword or environment).
+REQUIRED: Any = MISSING
+_OPTION_KEY = "z4j_option"
 
 
-OPTIONS: tuple[Option, ...] = (
-    # --- identity and credentials
-    _opt("brain_url", "str", None, "Base URL of the brain (https://...; a path prefix is kept). "
-         "Plain http/ws only for a loopback host or with dev_mode=True.", required=True),
-    _opt("token", "secret", None, "Agent bearer token the brain returned when the agent was created.",
-         required=True),
-    _opt("hmac_secret", "secret", None, "Frame-signing secret the brain returned with the token "
-         "(urlsafe base64, decodes to >= 32 bytes).", required=True),
-    _opt("project_id", "str", None, "Project slug (used for logging and file names).", required=True,
-         minimum=1, maximum=63),
-    _opt("agent_name", "str", None, "Display name of this agent; unset means the host name.", maximum=64),
-    _opt("agent_id", "str", "", "Agent UUID; optional: the brain names it on connect (long-poll falls back to it "
-         "if the brain's answer lacks it)."),
-    _opt("environment", "str", "production", "Deployment environment label."),
-    _opt("tags", "tags", {}, "Free-form labels: `k=v,k2=v2` or a JSON object."),
-    _opt("transport", "choice", "auto", "Wire transport: `ws` (WebSocket), `longpoll` (HTTPS long-poll, for paths "
-         "that do not pass WebSocket upgrades), or `auto`: WebSocket, falling back to long-poll while something "
-         "on the path refuses the upgrade.", choices=("auto", "ws", "longpoll")),
-    _opt("worker_role", "choice", None, "Role of this process, for display.",
-         choices=("web", "task", "scheduler", "beat", "other")),
-    # --- behaviour switches
-    _opt("dev_mode", "bool", False, "Lab mode: allows plain http/ws to any host and tls_verify=False. "
-         "Keyword only: Z4J_DEV_MODE is ignored with a warning.", env_allowed=False),
-    _opt("strict_mode", "bool", False, "Raise on agent misuse instead of logging it."),
-    _opt("autostart", "bool", True, "Start the agent (and register the shutdown hook) on install."),
-    _opt("disabled", "bool", False, "Opt out: install becomes a no-op (Celery/RQ auto-bootstrap too)."),
-    # --- local storage
-    _opt("buffer_path", "path", None, "SQLite buffer file; unset means a file chosen under `home`."),
-    _opt("home", "path", None, "Agent state directory; unset means `~/.z4j`."),
-    _opt("buffer_max_events", "int", 100_000, "Most events kept in the buffer; the oldest are evicted "
-         "(and counted) beyond it.", minimum=1000),
-    _opt("buffer_max_bytes", "int", 268_435_456, "Largest buffer size in bytes (256 MiB).", minimum=_MIB),
-    _opt("buffer_spool", "bool", True, "Appends go to a per-process spool file (one write() per event) that the "
-         "agent moves into the SQLite buffer; false commits each event to SQLite directly (slower; for "
-         "filesystems where flock does not work)."),
-    # --- payload and redaction
-    _opt("max_payload_bytes", "int", 8192, "Largest captured argument/result value, in bytes, before "
-         "truncation.", minimum=128),
-    _opt("max_event_bytes", "int", 65536, "Largest single event, in bytes, after redaction.", minimum=1024),
-    _opt("redaction_extra_key_patterns", "list", (), "Extra regexes; a matching dict key has its value "
-         "redacted."),
-    _opt("redaction_extra_value_patterns", "list", (), "Extra regexes; a string value they match is "
-         "redacted."),
-    # --- connection
-    _opt("heartbeat_seconds", "float", 10.0, "Heartbeat interval until the brain's hello_ack sets one.",
-         minimum=1, maximum=300),
-    _opt("connect_timeout", "float", 10.0, "Seconds allowed for TCP/TLS/WebSocket connect.", minimum=0.1,
-         maximum=600),
-    _opt("handshake_timeout", "float", 10.0, "Seconds to wait for hello_ack after hello.", minimum=0.1,
-         maximum=600),
-    _opt("stop_timeout", "float", 5.0, "Seconds stop() may spend draining and closing.", minimum=0,
-         maximum=600),
-    _opt("resend_after_seconds", "float", 90.0, "Resend an unacknowledged batch after this long.", minimum=1),
-    _opt("silence_timeout_seconds", "float", 30.0, "End the session and reconnect when the brain has answered "
-         "nothing (no pong, ack or frame) for this long while the agent waits on it: a frozen brain, a dropped "
-         "NAT flow. Grows to 3x the longest answer the session has shown (a busy brain), up to 75 s.",
-         minimum=1, maximum=75),
-    _opt("max_inflight_frames", "int", 4, "Event batches sent but not yet acknowledged.", minimum=1,
-         maximum=256),
-    _opt("max_batch_events", "int", 5000, "Most events in one event_batch frame.", minimum=1, maximum=5000),
-    _opt("ca_bundle", "path", None, "PEM file of extra trusted CAs for a private brain; must exist."),
-    _opt("tls_verify", "bool", True, "Verify the brain's TLS certificate. Turning it off requires "
-         "dev_mode=True. Keyword only.", env_allowed=False),
-    _opt("backoff_max_connection", "float", 30.0, "Reconnect backoff cap after network errors (s).",
-         minimum=1),
-    _opt("backoff_max_protocol", "float", 60.0, "Reconnect backoff cap after protocol errors (s).", minimum=1),
-    _opt("backoff_max_auth", "float", 600.0, "Reconnect backoff cap after auth refusals (s).", minimum=1),
-    _opt("backoff_max_incompatible", "float", 3600.0, "Reconnect backoff cap after a version mismatch (s).",
-         minimum=1),
-    # --- commands
-    _opt("command_workers", "int", 2, "Threads running operator commands.", minimum=1, maximum=32),
-    _opt("command_timeout_seconds", "float", 60.0, "Longest a single command may run.", minimum=0.1),
-    _opt("command_dedupe_ttl_seconds", "float", 3600.0, "How long a command id is remembered to drop "
-         "redelivered duplicates.", minimum=1),
-    _opt("purge_threshold", "int", 1000, "Queue depth above which purge_queue needs a confirm token.",
-         minimum=0),
-    _opt("orchestrated", "bool", None, "Running under an orchestrator (systemd, k8s...); unset means "
-         "auto-detect."),
-)
-
-OPTIONS_BY_NAME: Mapping[str, Option] = MappingProxyType({o.name: o for o in OPTIONS})
+def _option(kind: str, default: Any, doc: str, **extra: Any) -> Any:
+    """A ``Config`` field that is also a row of ``OPTIONS``: the one place its default is written."""
+    meta = MappingProxyType({_OPTION_KEY: {"kind": kind, "doc": doc, **extra}})
+    return field(metadata=meta) if default is REQUIRED else field(default=default, metadata=meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -704,56 +628,99 @@ def _validate(raw: Mapping[str, tuple[Any, str]]) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class Config:
-    """The agent's resolved settings. Build it with `Config.resolve`; every attribute is listed
-    (with its env var, default and meaning) in `OPTIONS` and docs/configuration.md."""
+    """The agent's resolved settings. Build it with `Config.resolve`.
 
-    brain_url: str
-    token: Secret
-    hmac_secret: Secret
-    project_id: str
-    agent_name: str | None = None
-    agent_id: str = ""
-    environment: str = "production"
-    tags: Mapping[str, str] = field(default_factory=dict)
-    transport: str = "auto"
-    worker_role: str | None = None
-    dev_mode: bool = False
-    strict_mode: bool = False
-    autostart: bool = True
-    disabled: bool = False
-    buffer_path: Path | None = None
-    home: Path | None = None
-    buffer_max_events: int = 100_000
-    buffer_max_bytes: int = 268_435_456
-    buffer_spool: bool = True
-    max_payload_bytes: int = 8192
-    max_event_bytes: int = 65536
-    redaction_extra_key_patterns: tuple[str, ...] = ()
-    redaction_extra_value_patterns: tuple[str, ...] = ()
-    heartbeat_seconds: float = 10.0
-    connect_timeout: float = 10.0
-    handshake_timeout: float = 10.0
-    stop_timeout: float = 5.0
-    resend_after_seconds: float = 90.0
-    silence_timeout_seconds: float = 30.0
-    max_inflight_frames: int = 4
-    max_batch_events: int = 5000
-    ca_bundle: Path | None = None
-    tls_verify: bool = True
-    backoff_max_connection: float = 30.0
-    backoff_max_protocol: float = 60.0
-    backoff_max_auth: float = 600.0
-    backoff_max_incompatible: float = 3600.0
-    command_workers: int = 2
-    command_timeout_seconds: float = 60.0
-    command_dedupe_ttl_seconds: float = 3600.0
-    purge_threshold: int = 1000
-    orchestrated: bool | None = None
+    Each field is an option: its type, default, bounds and meaning are written here once, and
+    `OPTIONS` (the table behind `help(install_agent)`, `--help` and docs/configuration.md) is read
+    from these fields."""
+
+    # --- identity and credentials
+    brain_url: str = _option("str", REQUIRED, "Base URL of the brain (https://...; a path prefix is kept). "
+        "Plain http/ws only for a loopback host or with dev_mode=True.")
+    token: Secret = _option("secret", REQUIRED, "Agent bearer token the brain returned when the agent was created.")
+    hmac_secret: Secret = _option("secret", REQUIRED, "Frame-signing secret the brain returned with the token "
+        "(urlsafe base64, decodes to >= 32 bytes).")
+    project_id: str = _option("str", REQUIRED,
+        "Project slug (used for logging and file names).", minimum=1, maximum=63)
+    agent_name: str | None = _option("str", None,
+        "Display name of this agent; unset means the host name.", maximum=64)
+    agent_id: str = _option("str", "",
+        "Agent UUID; optional: the brain names it on connect (long-poll falls back to it "
+        "if the brain's answer lacks it).")
+    environment: str = _option("str", "production", "Deployment environment label.")
+    tags: Mapping[str, str] = _option("tags", Tags(), "Free-form labels: `k=v,k2=v2` or a JSON object.")
+    transport: str = _option("choice", "auto",
+        "Wire transport: `ws` (WebSocket), `longpoll` (HTTPS long-poll, for paths "
+        "that do not pass WebSocket upgrades), or `auto`: WebSocket, falling back to long-poll while something "
+        "on the path refuses the upgrade.", choices=("auto", "ws", "longpoll"))
+    worker_role: str | None = _option("choice", None,
+        "Role of this process, for display.", choices=("web", "task", "scheduler", "beat", "other"))
+    # --- behaviour switches
+    dev_mode: bool = _option("bool", False, "Lab mode: allows plain http/ws to any host and tls_verify=False. "
+        "Keyword only: Z4J_DEV_MODE is ignored with a warning.", env_allowed=False)
+    strict_mode: bool = _option("bool", False, "Raise on agent misuse instead of logging it.")
+    autostart: bool = _option("bool", True, "Start the agent (and register the shutdown hook) on install.")
+    disabled: bool = _option("bool", False, "Opt out: install becomes a no-op (Celery/RQ auto-bootstrap too).")
+    # --- local storage
+    buffer_path: Path | None = _option("path", None, "SQLite buffer file; unset means a file chosen under `home`.")
+    home: Path | None = _option("path", None, "Agent state directory; unset means `~/.z4j`.")
+    buffer_max_events: int = _option("int", 100_000, "Most events kept in the buffer; the oldest are evicted "
+        "(and counted) beyond it.", minimum=1000)
+    buffer_max_bytes: int = _option("int", 268_435_456, "Largest buffer size in bytes (256 MiB).", minimum=_MIB)
+    buffer_spool: bool = _option("bool", True,
+        "Appends go to a per-process spool file (one write() per event) that the "
+        "agent moves into the SQLite buffer; false commits each event to SQLite directly (slower; for "
+        "filesystems where flock does not work).")
+    # --- payload and redaction
+    max_payload_bytes: int = _option("int", 8192, "Largest captured argument/result value, in bytes, before "
+        "truncation.", minimum=128)
+    max_event_bytes: int = _option("int", 65536, "Largest single event, in bytes, after redaction.", minimum=1024)
+    redaction_extra_key_patterns: tuple[str, ...] = _option("list", (),
+        "Extra regexes; a matching dict key has its value redacted.")
+    redaction_extra_value_patterns: tuple[str, ...] = _option("list", (),
+        "Extra regexes; a string value they match is redacted.")
+    # --- connection
+    heartbeat_seconds: float = _option("float", 10.0,
+        "Heartbeat interval until the brain's hello_ack sets one.", minimum=1, maximum=300)
+    connect_timeout: float = _option("float", 10.0,
+        "Seconds allowed for TCP/TLS/WebSocket connect.", minimum=0.1, maximum=600)
+    handshake_timeout: float = _option("float", 10.0,
+        "Seconds to wait for hello_ack after hello.", minimum=0.1, maximum=600)
+    stop_timeout: float = _option("float", 5.0,
+        "Seconds stop() may spend draining and closing.", minimum=0, maximum=600)
+    resend_after_seconds: float = _option("float", 90.0,
+        "Resend an unacknowledged batch after this long.", minimum=1)
+    silence_timeout_seconds: float = _option("float", 30.0,
+        "End the session and reconnect when the brain has answered "
+        "nothing (no pong, ack or frame) for this long while the agent waits on it: a frozen brain, a dropped "
+        "NAT flow. Grows to 3x the longest answer the session has shown (a busy brain), up to 75 s.",
+        minimum=1, maximum=75)
+    max_inflight_frames: int = _option("int", 4,
+        "Event batches sent but not yet acknowledged.", minimum=1, maximum=256)
+    max_batch_events: int = _option("int", 5000, "Most events in one event_batch frame.", minimum=1, maximum=5000)
+    ca_bundle: Path | None = _option("path", None, "PEM file of extra trusted CAs for a private brain; must exist.")
+    tls_verify: bool = _option("bool", True, "Verify the brain's TLS certificate. Turning it off requires "
+        "dev_mode=True. Keyword only.", env_allowed=False)
+    backoff_max_connection: float = _option("float", 30.0,
+        "Reconnect backoff cap after network errors (s).", minimum=1)
+    backoff_max_protocol: float = _option("float", 60.0,
+        "Reconnect backoff cap after protocol errors (s).", minimum=1)
+    backoff_max_auth: float = _option("float", 600.0, "Reconnect backoff cap after auth refusals (s).", minimum=1)
+    backoff_max_incompatible: float = _option("float", 3600.0,
+        "Reconnect backoff cap after a version mismatch (s).", minimum=1)
+    # --- commands
+    command_workers: int = _option("int", 2, "Threads running operator commands.", minimum=1, maximum=32)
+    command_timeout_seconds: float = _option("float", 60.0, "Longest a single command may run.", minimum=0.1)
+    command_dedupe_ttl_seconds: float = _option("float", 3600.0, "How long a command id is remembered to drop "
+        "redelivered duplicates.", minimum=1)
+    purge_threshold: int = _option("int", 1000,
+        "Queue depth above which purge_queue needs a confirm token.", minimum=0)
+    orchestrated: bool | None = _option("bool", None,
+        "Running under an orchestrator (systemd, k8s...); unset means auto-detect.")
     _sources: Mapping[str, str] | None = field(init=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        # Direct construction gets the same validation as resolve(); values resolve() already
-        # parsed go through unchanged.
+        # Direct construction (and dataclasses.replace) gets the same validation as resolve().
         given = {o.name: (getattr(self, o.name), "kwarg") for o in OPTIONS}
         for name, value in _validate(given).items():
             object.__setattr__(self, name, value)
@@ -780,9 +747,15 @@ class Config:
         raw: dict[str, tuple[Any, str]] = {}
         for opt in OPTIONS:
             raw[opt.name] = _pick(opt, kwargs.get(opt.name), environ)
-        values = _validate(raw)
-        config = cls(**values)
-        object.__setattr__(config, "_sources", MappingProxyType({n: origin for n, (_, origin) in raw.items()}))
+        return cls._from_valid(_validate(raw), {n: origin for n, (_, origin) in raw.items()})
+
+    @classmethod
+    def _from_valid(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> Config:
+        # Values _validate() returned: set as they are, without __post_init__ validating again.
+        config = object.__new__(cls)
+        for name, value in values.items():
+            object.__setattr__(config, name, value)
+        object.__setattr__(config, "_sources", MappingProxyType(dict(sources)))
         return config
 
     def source_of(self, name: str) -> str:
@@ -843,6 +816,16 @@ class Config:
     def __reduce__(self) -> Any:
         raise TypeError("Config holds secrets and cannot be pickled; pass it to forked children, "
                         "or resolve it again in the other process")
+
+
+def _row(f: Field[Any]) -> Option:
+    required = f.default is MISSING
+    return Option(name=f.name, env="Z4J_" + f.name.upper(), default=None if required else f.default,
+                  required=required, **f.metadata[_OPTION_KEY])
+
+
+OPTIONS: tuple[Option, ...] = tuple(_row(f) for f in fields(Config) if f.init)
+OPTIONS_BY_NAME: Mapping[str, Option] = MappingProxyType({o.name: o for o in OPTIONS})
 
 
 def _pick(opt: Option, kwarg: Any, environ: Mapping[str, str]) -> tuple[Any, str]:
