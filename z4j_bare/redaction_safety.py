@@ -10,14 +10,15 @@ setting, quotes the pattern, says why and how to fix it:
 1. what does not compile, is blank, too long, or (for values) matches the empty string;
 2. exponential shapes, read from the pattern's structure (``redaction_regex``): a variable repeat
    inside another repeat with nothing that separates the two (``(a+)+``, ``(\\w+\\s?)*``), and an
-   alternation inside a repeat whose branches can start the same way (``(a|ab)*``);
+   alternation inside a repeat whose branches can start the same way (``(a|a)*``,
+   ``(ab|[a-c]b)*``; like ``re``, the reader first moves a prefix all branches share out);
 3. polynomial shapes: unbounded repeats that can consume the same run of characters one after
    another before something that can fail. Searching adds one more: every start position can
    run the first repeat over the rest of the value (``[a-z]+@corp``, ``.*secret``). Values
    allow linear patterns only; keys, at most 64 characters, allow up to cubic;
 4. as a backstop for what the structure misses, the compiled pattern runs on a few adversarial
-   probes of the real maximum size under a CPU-time budget (thread CPU time, so a busy machine
-   does not refuse a good pattern; a slow probe is measured three times).
+   probes growing 4x up to the real maximum size under a CPU-time budget (thread CPU time, so a
+   busy machine does not refuse a good pattern; a probe near the budget is measured three times).
 
 The check costs milliseconds for a sound pattern; the probes stop at the first one over budget.
 """
