@@ -3,14 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The engines' oldest supported releases (the extras' lower bounds), in a second virtualenv.
+# The extras' lower bounds (oldest engines, rq-scheduler, websockets), in a second virtualenv.
 OLDEST := .venv-oldest
 OLDEST_STAMP := $(OLDEST)/.installed
 # django-celery-beat cannot share a virtualenv with rq-scheduler (two top-level `crontab` modules).
 DJBEAT := .venv-djbeat
 DJBEAT_STAMP := $(DJBEAT)/.installed
 ENGINE_TESTS := tests/test_celery_adapter.py tests/test_celery_worker.py tests/test_celerybeat_adapter.py \
-	tests/test_rq_e2e.py tests/test_rq_unit.py tests/test_rqscheduler_adapter.py $(wildcard tests/test_dramatiq_*.py)
+	tests/test_rq_e2e.py tests/test_rq_unit.py tests/test_rqscheduler_adapter.py $(wildcard tests/test_dramatiq_*.py) \
+	$(wildcard tests/test_local_brain*.py)
 
 .PHONY: demo test test-fast test-oldest test-djbeat interop bench services docs-check clean
 

@@ -96,3 +96,5 @@ def test_extras_and_engine_bounds_match_what_ci_runs(wheel):
     assert f'rq<4,>={oldest["rq"]}; extra == "rq"' in requires, requires
     assert f'celery<6,>={oldest["celery"]}; extra == "celery"' in requires, requires
     assert f'dramatiq[rabbitmq,redis]<3,>={oldest["dramatiq"]}; extra == "dramatiq"' in requires, requires
+    assert f'rq-scheduler<0.15,>={oldest["rq-scheduler"]}; extra == "rqscheduler"' in requires, requires
+    assert f'websockets<18,>={oldest["websockets"]}; extra == "brain"' in requires, requires
