@@ -1,6 +1,7 @@
 """End-to-end ingest rate of the real z4j 1.13.0 brain fed by our agent in a Celery prefork worker.
 
     .venv/bin/python bench/bench_real_brain.py [--tasks 1000] [--no-ceiling] [--no-local] [--json]
+        [--transports ws,longpoll] [--brain-max-payload BYTES]
 
 1. Starts a fresh real brain (tests/interop/realbrain.py; its own virtualenv, cached).
 2. Ceiling, side by side: bench/ceiling_probe.py's optimal signed batches (3000 events, frames
@@ -13,6 +14,10 @@
 4. The same workload against the LocalBrain (in-process), which counts the events the agent
    sent per task (so the real-brain figure uses a measured events-per-task, not an assumption)
    and shows how fast the agent goes when the brain is not the bottleneck.
+5. ``--transports ws,longpoll`` runs step 3 once per transport on the same brain, one after the
+   other (``Z4J_TRANSPORT``), for a side-by-side figure. ``--brain-max-payload`` starts the brain
+   with that ``Z4J_MAX_PAYLOAD_SIZE_BYTES`` (its REST body limit, 8 KiB by default, which bounds
+   each long-poll upload).
 
 Not part of CI (about 2 minutes). Results: docs/performance.md, section "Interop".
 """
@@ -63,20 +68,22 @@ def publish_adds(app: Any, queue: str, n: int, prefix: str) -> float:
     return first
 
 
-def run_real(brain: RealBrain, n: int, home: Path) -> dict[str, Any]:
+def run_real(brain: RealBrain, n: int, home: Path, transport: str = "ws") -> dict[str, Any]:
     project = "bench-agent"
-    creds = brain.mint_agent(project, "bench-celery")
-    worker = CeleryWorker(queue=unique("bench-real"), agent_env=creds.as_env(), home=home)
+    creds = brain.mint_agent(project, f"bench-celery-{transport}")
+    worker = CeleryWorker(queue=unique("bench-real"), agent_env={**creds.as_env(), "Z4J_TRANSPORT": transport},
+                          home=home)
     try:
         wait_until(lambda: (brain.agent(project, creds.agent_id) or {}).get("state") == "online", 60,
                    lambda: f"agent never online:\n{worker.log()}", poll=0.25)
         app = celery_producer()
+        before = brain.task_count(project, state="success")
         first = publish_adds(app, worker.queue, n, unique("r"))
         published = time.monotonic() - first
         progress: list[tuple[float, int]] = []
 
         def all_final() -> bool:
-            done = brain.task_count(project, state="success")
+            done = brain.task_count(project, state="success") - before
             progress.append((time.monotonic() - first, done))
             return done >= n
 
@@ -84,7 +91,7 @@ def run_real(brain: RealBrain, n: int, home: Path) -> dict[str, Any]:
         elapsed = time.monotonic() - first
         log = worker.log(10**8)
         return {
-            "tasks": n, "seconds": round(elapsed, 2), "publish_s": round(published, 2),
+            "transport": transport, "tasks": n, "seconds": round(elapsed, 2), "publish_s": round(published, 2),
             "tasks_per_s": round(n / elapsed, 1),
             "sessions": log.count("runtime.session_open"), "resends": log.count("outbox.resent"),
             "brain_withheld_acks": brain.log_tail(10**7).count(WITHHELD_ACK),
@@ -125,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the side-by-side ceiling probe")
     parser.add_argument("--no-local", action="store_true", help="skip the LocalBrain run (assume 3 events/task)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--transports", default="ws", help="comma list of ws, longpoll: one agent run each")
+    parser.add_argument("--brain-max-payload", type=int, default=None,
+                        help="the brain's Z4J_MAX_PAYLOAD_SIZE_BYTES (its default: 8192)")
     args = parser.parse_args(argv)
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     tmp = Path(tempfile.mkdtemp(prefix="z4j-bench-real-"))
     out: dict[str, Any] = {"tasks": args.tasks}
     try:
@@ -133,27 +144,33 @@ def main(argv: list[str] | None = None) -> int:
         if local:
             out["local_brain"] = local
             print(f"local brain: {local}", file=sys.stderr, flush=True)
-        with RealBrain(home=tmp / "brain") as brain:
+        brain_env = {"Z4J_MAX_PAYLOAD_SIZE_BYTES": str(args.brain_max_payload)} if args.brain_max_payload else {}
+        out["brain_env"] = brain_env
+        with RealBrain(home=tmp / "brain", env=brain_env) as brain:
             if not args.no_ceiling:
                 probe = _ceiling_probe()
                 ceiling = probe.measure_ceiling(brain.url, brain.mint_agent("bench-ceiling", "probe"),
                                                 events=3000, batch=500, inflight=4)
                 out["ceiling"] = {k: ceiling[k] for k in ("events_per_s", "tasks_per_s", "ack_ms_p50") if k in ceiling}
                 print(f"ceiling: {out['ceiling']}", file=sys.stderr, flush=True)
-            real = run_real(brain, args.tasks, _mk(tmp / "real"))
+            runs = [run_real(brain, args.tasks, _mk(tmp / f"real-{t}"), t) for t in transports]
         per_task = local["events_per_task"] if local else 3.0
-        real["events"] = round(per_task * args.tasks)
-        real["events_per_s"] = round(real["events"] / real["seconds"], 1)
-        out["real_brain"] = real
+        for real in runs:
+            real["events"] = round(per_task * args.tasks)
+            real["events_per_s"] = round(real["events"] / real["seconds"], 1)
+        out["real_brain"] = runs[0]
+        out["real_brain_by_transport"] = {r["transport"]: r for r in runs}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(out))
     else:
-        r = out["real_brain"]
-        print(f"real brain, our agent, {args.tasks} Celery prefork tasks: {r['events_per_s']} events/s "
-              f"({r['tasks_per_s']} tasks/s, {r['seconds']} s first publish -> all success in the API; "
-              f"sessions {r['sessions']}, resends {r['resends']}, brain-withheld acks {r['brain_withheld_acks']})")
+        for r in out["real_brain_by_transport"].values():
+            print(f"real brain, our agent over {r['transport']}, {args.tasks} Celery prefork tasks: {r['events_per_s']} "
+                  f"events/s ({r['tasks_per_s']} tasks/s, {r['seconds']} s first publish -> all success in the API; "
+                  f"sessions {r['sessions']}, resends {r['resends']}, brain-withheld acks {r['brain_withheld_acks']})")
+        if brain_env:
+            print(f"brain settings: {brain_env}")
         if "ceiling" in out:
             print(f"ceiling probe on the same brain just before: {out['ceiling']['events_per_s']} events/s")
         if "local_brain" in out:

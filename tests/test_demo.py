@@ -49,3 +49,10 @@ def test_demo_on_the_embedded_filesystem_broker(tmp_path):
     proc = _run_demo(tmp_path, "--no-redis")
     _assert_clean_run(proc, tmp_path)
     assert "filesystem:// broker" in proc.stdout and "(rq)" not in proc.stdout
+
+
+def test_demo_over_longpoll(tmp_path):
+    proc = _run_demo(tmp_path, "--transport", "longpoll")
+    _assert_clean_run(proc, tmp_path)
+    assert "the workers' agents use transport=longpoll" in proc.stdout
+    assert "PASS the workers' agents delivered over long-poll" in proc.stdout

@@ -84,8 +84,11 @@ def _redis_url(disabled: bool) -> str | None:
 
 
 class Demo:
-    def __init__(self, *, use_redis: bool = True, out: Console | None = None) -> None:
+    def __init__(self, *, use_redis: bool = True, out: Console | None = None, transport: str = "auto") -> None:
         self.out = out or Console()
+        # The engine workers' transport. The beat process stays on WebSocket: brain 1.13 runs
+        # the schedule channel over WebSocket only.
+        self.transport = transport
         self.deadline = time.monotonic() + DEADLINE_SECONDS
         self.tmp = Path(tempfile.mkdtemp(prefix="z4j-demo-"))
         self.tag = secrets.token_hex(4)
@@ -112,8 +115,9 @@ class Demo:
     def remaining(self, cap: float) -> float:
         return max(0.5, min(cap, self.deadline - time.monotonic()))
 
-    def wait(self, what: str, predicate: Callable[[], Any], timeout: float) -> Any:
-        """Poll ``predicate`` while keeping the live view going; DemoFailed on timeout."""
+    def wait(self, what: str, predicate: Callable[[], Any], timeout: float, *, workers_alive: bool = True) -> Any:
+        """Poll ``predicate`` while keeping the live view going; DemoFailed on timeout (or, with
+        ``workers_alive``, when a worker exits meanwhile)."""
         end = time.monotonic() + self.remaining(timeout)
         while True:
             self.pump()
@@ -122,7 +126,7 @@ class Demo:
                 return value
             if time.monotonic() >= end:
                 raise DemoFailed(f"timed out waiting for {what}")
-            for name, proc in self.procs.items():
+            for name, proc in self.procs.items() if workers_alive else ():
                 if proc.poll() is not None:
                     raise DemoFailed(f"the {name} worker exited early (code {proc.returncode}) while waiting "
                                      f"for {what}; its log:\n{self._tail(name)}")
@@ -182,6 +186,7 @@ class Demo:
         env.update({
             "Z4J_HOME": str(self.tmp / f"home-{engine}"),
             "Z4J_AGENT_NAME": f"demo-{engine}-worker",
+            "Z4J_TRANSPORT": self.transport if engine != "beat" else "auto",
             "Z4J_DEMO_QUEUE": self.queue,
             "Z4J_DEMO_BROKER": self.broker_url,
             "Z4J_DEMO_BROKER_DIR": str(self.tmp / "broker"),
@@ -251,6 +256,8 @@ class Demo:
                      "(start Redis to add an RQ worker)")
         self.brain = LocalBrain(heartbeat_interval=1).start()
         out.line(f"local brain listening at {self.brain.url} (Z4J_HOME for the agents: {self.tmp})", tag="brain")
+        if self.transport != "auto":
+            out.line(f"the workers' agents use transport={self.transport}", tag="brain")
         engines = ["celery"] + (["rq"] if self.redis_url else [])
         for engine in engines:
             self.agents[engine] = self.brain.mint_agent(name=f"demo-{engine}")
@@ -311,7 +318,10 @@ class Demo:
         stopping = time.monotonic()
         self.stop_workers()
         out.line(f"workers exited after {time.monotonic() - stopping:.1f} s", tag="agent")
-        self.wait("the agents to go offline", lambda: not any(self._online(e) for e in engines), 15)
+        # A long-poll agent has no socket whose close the brain sees: it reads offline a moment
+        # after its last poll was cut off, by which time its worker has exited.
+        self.wait("the agents to go offline", lambda: not any(self._online(e) for e in engines), 15,
+                  workers_alive=False)
         self.pump()
         out.line(f"{self.brain.event_count() - before} more event(s) arrived during shutdown", tag="agent")
         self.verify(engines)
@@ -437,6 +447,9 @@ class Demo:
         self.check("the card number never reached the brain (redacted by the agent)", CARD not in stored, stored[:120])
         got = self.brain.events(engine="celery", kind="worker.offline")
         self.check("the celery agent reported worker.offline on shutdown", bool(got), f"{len(got)} event(s)")
+        if self.transport == "longpoll":
+            uploads = self.brain.longpoll.requests["events"]
+            self.check("the workers' agents delivered over long-poll", uploads > 0, f"{uploads} uploads")
         from .diagnostics import buffer_status
 
         for engine in engines:
@@ -517,9 +530,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="z4j-bare demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-redis", action="store_true", help="use the embedded filesystem broker even if Redis runs")
     parser.add_argument("--no-color", action="store_true", help="plain output (also when NO_COLOR is set)")
+    parser.add_argument("--transport", choices=("auto", "ws", "longpoll"), default="auto",
+                        help="the workers' agents' transport (the local brain serves both)")
     args = parser.parse_args(list(argv or []))
     _quiet_logging()
-    demo = Demo(use_redis=not args.no_redis, out=Console(color=False if args.no_color else None))
+    demo = Demo(use_redis=not args.no_redis, out=Console(color=False if args.no_color else None),
+                transport=args.transport)
 
     def on_term(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt

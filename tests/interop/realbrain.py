@@ -204,8 +204,11 @@ class RealBrain:
         venv: Path | None = None,
         admin_email: str = ADMIN_EMAIL,
         admin_password: str = ADMIN_PASSWORD,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.home = Path(home)
+        #: Extra brain settings (e.g. ``{"Z4J_MAX_PAYLOAD_SIZE_BYTES": "1048576"}``).
+        self.extra_env = dict(env or {})
         self.port = port
         self.venv = Path(venv) if venv else brain_venv_dir()
         self.admin_email = admin_email
@@ -275,6 +278,7 @@ class RealBrain:
             Z4J_ALLOWED_HOSTS='["127.0.0.1","localhost"]',
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         cmd = [
             str(_venv_bin(self.venv, "z4j")), "serve", "--host", "127.0.0.1", "--port", str(port),
             "--admin-email", self.admin_email, "--admin-password", self._admin_password,

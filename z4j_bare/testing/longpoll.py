@@ -65,6 +65,10 @@ MAX_SESSIONS = 4096
 #: Brain 1.13 refuses any REST body over Z4J_MAX_PAYLOAD_SIZE_BYTES (default 8 KiB) with 413,
 #: long-poll uploads included.
 DEFAULT_MAX_BODY_BYTES = 8192
+# A live long-poll agent always has a poll in flight or starts the next one at once. One whose
+# poll was cut off by the client (the agent stopped) and that sends nothing for this long is
+# taken as gone, so the agent reads offline (a WebSocket session ends with its socket).
+GONE_AFTER_SECONDS = 2.0
 
 
 @dataclass
@@ -203,6 +207,9 @@ class LongPollEndpoint:
             if max_frames == 0:
                 return HttpResponse.json(200, {"frames": []}, headers)
             frames = await self._poll(lp, agent, max_frames, wait)
+        except asyncio.CancelledError:  # the client hung up mid-poll
+            asyncio.get_running_loop().call_later(GONE_AFTER_SECONDS, self._drop_if_gone, lp)
+            raise
         finally:
             lp.leases -= 1
             lp.last_used = time.monotonic()
@@ -333,6 +340,12 @@ class LongPollEndpoint:
         lp.session.closing = True
         self._hub.remove(lp.session)
         self._server.spawn(self._hub.closed(lp.session))
+
+    def _drop_if_gone(self, lp: _LpSession) -> None:
+        key = (lp.session.agent.agent_id, lp.session.session_id)
+        if self._sessions.get(key) is lp and lp.leases == 0 and time.monotonic() - lp.last_used >= GONE_AFTER_SECONDS:
+            log.info("brain.longpoll_session_gone", agent_id=key[0], session_id=key[1])
+            self._drop(key)
 
     def _prune(self) -> None:
         now = time.monotonic()
