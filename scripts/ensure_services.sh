@@ -9,6 +9,10 @@ if ! port_open 6379; then
   fi
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
 fi
+# The interop suite runs the real brain under libfaketime (a brain whose clock is off by minutes).
+if ! command -v faketime >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+fi
 if ! port_open 5672; then
   if ! command -v rabbitmq-server >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null

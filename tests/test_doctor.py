@@ -43,7 +43,7 @@ def test_all_green_with_trace_and_proof_of_secret(brain, creds):
     assert [p.name for p in report.probes] == list(PROBE_NAMES)
     assert _statuses(report) == {"config": "pass", "buffer_dir": "pass", "dns": "pass", "tcp": "pass",
                                  "tls": "skip", "websocket": "pass", "hello": "pass", "hmac": "pass", "longpoll": "pass",
-                                 "runtime": "pass"}
+                                 "skew": "pass", "runtime": "pass"}
     assert report.probe("hello").details["agent_id"] == creds.agent_id
     assert report.probe("hmac").details["reply"]["type"] == "event_batch_ack"
     assert _path(report.trace) == FULL_PATH

@@ -14,6 +14,8 @@ where it came from, secrets masked), ``buffer_dir`` (can the agent keep events o
 ``websocket`` (the upgrade with the bearer token), ``hello`` (an authenticated hello answered
 by hello_ack), ``hmac`` (a signed, empty ``event_batch`` answered by a signed
 ``event_batch_ack`` that verifies with our secret: the brain and this agent hold the same key),
+``longpoll``, ``skew`` (this host's clock against the brain's, from hello_ack's ts or a Date
+header: warns above 5 s, fails above the brain's 60 s window and names the fix, NTP),
 ``runtime`` (a real ``AgentRuntime`` with a no-op engine and a throw-away buffer connects,
 reaches RUNNING and stops cleanly; its trace is the report's ``trace``).
 
@@ -65,6 +67,7 @@ from .protocol import (
 )
 from .storage.location import check_private_dir, z4j_home
 from .transport import Connection, LongPollTransport, Outgoing, TlsSettings, TransportError, read_hello_ack
+from .transport.clock import BRAIN_WINDOW_SECONDS, WARN_SKEW_SECONDS, BrainClock, skew_text
 
 __all__ = ["PROBE_NAMES", "SCHEMA", "DoctorEngine", "DoctorReport", "ProbeResult", "buffer_status", "run_doctor"]
 
@@ -72,7 +75,8 @@ log = get_logger(__name__)
 
 #: Bumped only on an incompatible change of ``DoctorReport.to_dict()``; additions keep it.
 SCHEMA = "z4j-bare.doctor/1"
-PROBE_NAMES = ("config", "buffer_dir", "dns", "tcp", "tls", "websocket", "hello", "hmac", "longpoll", "runtime")
+PROBE_NAMES = ("config", "buffer_dir", "dns", "tcp", "tls", "websocket", "hello", "hmac", "longpoll", "skew",
+               "runtime")
 WS_STAGES = ("websocket", "hello", "hmac")
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 CERT_EXPIRY_WARN_DAYS = 14
@@ -526,6 +530,7 @@ def _session(config: Config, timeout: float) -> list[ProbeResult]:
         results.append(ProbeResult("websocket", PASS, f"upgrade to {config.ws_url} accepted", None,
                                    {"ws_url": config.ws_url}, t.ms()))
         t = _Timer()
+        sent_at = time.time()
         try:
             conn.send(encode_unsigned(FrameType.HELLO, new_frame_id("hello_", 16), _doctor_hello()))
         except TransportError:
@@ -553,21 +558,35 @@ def _session(config: Config, timeout: float) -> list[ProbeResult]:
                                        {}, t.ms()))
             return skip_rest("hello")
         binding = ack.binding
+        clock = _measured_clock(ack.brain_time, sent_at, conn.date_offset)
         hello_details = {"agent_id": binding.agent_id, "project_id": binding.project_id,
                          "session_id": binding.session_id, "brain_version": ack.brain_version,
-                         "heartbeat_interval_seconds": ack.heartbeat_interval, "max_frame_size_bytes": ack.max_frame}
+                         "heartbeat_interval_seconds": ack.heartbeat_interval, "max_frame_size_bytes": ack.max_frame,
+                         "clock_skew_seconds": clock.snapshot()["skew_seconds"], "clock_skew_source": clock.source}
         results.append(ProbeResult("hello", PASS, f"token accepted: hello_ack from brain {ack.brain_version}, "
                                    f"agent {binding.agent_id}, session {binding.session_id}", None,
                                    hello_details, t.ms()))
-        results.append(_hmac_round_trip(conn, config, binding))
+        results.append(_hmac_round_trip(conn, config, binding, clock))
         return results
     finally:
         conn.close(1000)
 
 
-def _hmac_round_trip(conn: Connection, config: Config, binding: SessionBinding) -> ProbeResult:
+def _measured_clock(brain_time: float | None, sent_at: float, date_skew: float | None) -> BrainClock:
+    """The brain's clock as the runtime would measure it at this connect (hello_ack's ts first)."""
+    clock = BrainClock(warn=False)
+    if brain_time is not None:
+        clock.measured(brain_time - (sent_at + time.time()) / 2, "hello_ack")
+    elif date_skew is not None:
+        clock.measured(date_skew, "date")
+    return clock
+
+
+def _hmac_round_trip(conn: Connection, config: Config, binding: SessionBinding, clock: BrainClock) -> ProbeResult:
     t = _Timer()
-    signer, verifier = Signer(config.key, binding), Verifier(config.key, binding)
+    # Signed and checked on the brain's clock, as the runtime does: a skewed host still proves its key
+    # here, and the skew stage reports the skew.
+    signer, verifier = Signer(config.key, binding, clock.now_text), Verifier(config.key, binding, clock.now)
     batch_id = new_frame_id("ev_")
     details: dict[str, Any] = {"frame_id": batch_id}
     deadline = time.monotonic() + config.handshake_timeout
@@ -621,11 +640,13 @@ def _longpoll(config: Config, timeout: float) -> ProbeResult:
     tls = TlsSettings(config.tls_verify, str(config.ca_bundle) if config.ca_bundle else None)
     transport = LongPollTransport(config.brain_url, config.token.reveal(), config.key, agent_id=config.agent_id,
                                   timeout=timeout, tls=tls)
+    transport.clock = BrainClock(warn=False)
     details: dict[str, Any] = {"url": transport.url}
     try:
         transport.open()
         info = transport.establish(_doctor_hello(), timeout)
-        details.update(agent_id=info.binding.agent_id, project_id=info.binding.project_id)
+        details.update(agent_id=info.binding.agent_id, project_id=info.binding.project_id,
+                       clock_skew_seconds=transport.clock.snapshot()["skew_seconds"], clock_skew_source=info.clock_source)
         answer = transport.upload_now([Outgoing(FrameType.EVENT_BATCH.value, new_frame_id("ev_"), events=[])], timeout)
     except TransportError as exc:
         message, fix = _longpoll_problem(str(exc))
@@ -682,6 +703,32 @@ def _weigh_transports(mode: str, ws: list[ProbeResult], lp: ProbeResult) -> None
     lp.details.setdefault("lines", []).append(
         f"WebSocket {'works' if ws_ok else 'fails'}, long-poll {'works' if lp_ok else 'fails'}; "
         f"transport={mode} uses {uses}")
+
+
+# ------------------------------------------------------------------------------------------ skew
+
+
+def _skew(probes: list[ProbeResult]) -> ProbeResult:
+    """How far this host's clock is from the brain's, as measured by the hello (or long-poll) stage."""
+    t = _Timer()
+    measured = [(p.details["clock_skew_seconds"], p.details.get("clock_skew_source") or "date", p.name)
+                for p in probes if p.details.get("clock_skew_seconds") is not None]
+    if not measured:
+        return ProbeResult("skew", SKIP, "skipped: no stage got the brain's time (hello_ack or a Date header)")
+    # hello_ack's ts (the brain's own clock, to the microsecond) before a Date header (whole seconds).
+    skew, source, stage = min(measured, key=lambda m: m[1] != "hello_ack")
+    details = {"skew_seconds": skew, "source": source, "stage": stage, "warn_above_seconds": WARN_SKEW_SECONDS,
+               "fail_above_seconds": BRAIN_WINDOW_SECONDS}
+    text = f"{skew_text(skew)} (from the brain's {source})"
+    fix = ("synchronise this host's clock with NTP (chrony or systemd-timesyncd; in a container, fix the host's "
+           "clock; after restoring a VM snapshot, resync): the agent signs with the brain's time so it still "
+           "delivers, but the times of task events the brain shows come from this clock")
+    if abs(skew) > BRAIN_WINDOW_SECONDS:
+        return ProbeResult("skew", FAIL, f"{text}: beyond the brain's {BRAIN_WINDOW_SECONDS:.0f} s window", fix,
+                           details, t.ms())
+    if abs(skew) > WARN_SKEW_SECONDS:
+        return ProbeResult("skew", WARN, text, fix, details, t.ms())
+    return ProbeResult("skew", PASS, f"{text}: within {WARN_SKEW_SECONDS:g} s", None, details, t.ms())
 
 
 # ------------------------------------------------------------------------------------------ runtime
@@ -806,6 +853,7 @@ def run_doctor(
     _weigh_transports(config.transport, ws_probes, lp_probe)
     probes.extend(ws_probes)
     probes.append(lp_probe)
+    probes.append(_skew([*ws_probes, lp_probe]))
     # The runtime runs even after a failed session stage: its trace shows how the agent reacts.
     runtime_probe, trace = _runtime(config, wait=step + min(config.handshake_timeout, step) + 1.0)
     probes.append(runtime_probe)

@@ -30,6 +30,7 @@ from .protocol import PROTOCOL_VERSION_TEXT, BackoffClass, FrameType, new_frame_
 from .safety import safe_call
 from .statechart import RuntimeState
 from .transport import Outgoing, Transport, TransportChoice
+from .transport.clock import BrainClock
 
 if TYPE_CHECKING:
     from .buffer import BufferStore
@@ -97,7 +98,9 @@ class AgentRuntime:
         if self.schedules is not None:
             self.commands.add_executor(self.schedules)
         self._health = HealthCollector(self.engines, interval=config.heartbeat_seconds)
-        self.transports = TransportChoice(config, self._key, self.stopping)
+        #: The brain's clock as measured at each connect (signatures, replay checks, status times).
+        self.clock = BrainClock()
+        self.transports = TransportChoice(config, self._key, self.stopping, self.clock)
         self.lifecycle = Lifecycle(self)
 
     def __repr__(self) -> str:
@@ -227,6 +230,8 @@ class AgentRuntime:
             "session_id": session.info.session_id if session is not None else None,
             "session_age_seconds": None if session_age is None else round(session_age, 3),
             "liveness": session.liveness.snapshot() if session is not None else None,
+            "clock_skew_seconds": self.clock.snapshot()["skew_seconds"],
+            "clock_skew_source": self.clock.source,
             "backoff": dict(life.waiting) if life.waiting else None,
             "buffer_depth": self.buffer.depth(),
             "buffer_oldest_age_seconds": self.buffer.oldest_age(),
@@ -296,7 +301,7 @@ class AgentRuntime:
         dropped = dropped_events(loss)
         heartbeat = Outgoing(FrameType.HEARTBEAT.value, new_frame_id("hb_"), {
             "buffer_size": depth,
-            "last_flush_at": wall_text(self.outbox.stats.last_flush_wall),
+            "last_flush_at": wall_text(self.clock.to_brain(self.outbox.stats.last_flush_wall)),
             "dropped_events": min(dropped, 10_000_000),
             "telemetry_loss": loss,
             "adapter_health": self._health.snapshot(),
@@ -307,7 +312,7 @@ class AgentRuntime:
             "auth_failure_streak": streaks[BackoffClass.AUTH],
             "protocol_failure_streak": streaks[BackoffClass.PROTOCOL],
             "connection_failure_streak": streaks[BackoffClass.CONNECTION],
-            "last_successful_connect_at": wall_text(self.lifecycle.last_connect_wall),
+            "last_successful_connect_at": wall_text(self.clock.to_brain(self.lifecycle.last_connect_wall)),
             "current_session_age_seconds": round(time.monotonic() - session.since, 3),
             "buffer_depth": depth,
             "buffer_oldest_age_seconds": self.buffer.oldest_age(),
@@ -315,6 +320,8 @@ class AgentRuntime:
             "protocol_version": PROTOCOL_VERSION_TEXT,
             "engines": list(self.engines),
             "schedulers": list(self.hello_payload().get("schedulers", [])) if self.hello_sources else [],
+            # Additive (brain 1.13 ignores fields it does not know): the skew this agent corrects for.
+            "clock_skew_seconds": self.clock.snapshot()["skew_seconds"],
         })
         return [heartbeat, status]
 

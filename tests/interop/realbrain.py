@@ -183,6 +183,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def _faketime() -> str:
+    exe = shutil.which("faketime")
+    if exe is None:
+        raise BrainError("a brain with a clock offset runs under libfaketime: install the Debian package "
+                         "`faketime` (scripts/ensure_services.sh does)")
+    return exe
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -205,10 +213,14 @@ class RealBrain:
         admin_email: str = ADMIN_EMAIL,
         admin_password: str = ADMIN_PASSWORD,
         env: dict[str, str] | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         self.home = Path(home)
         #: Extra brain settings (e.g. ``{"Z4J_MAX_PAYLOAD_SIZE_BYTES": "1048576"}``).
         self.extra_env = dict(env or {})
+        # Seconds the brain's clock runs ahead of the host's (negative: behind), through libfaketime
+        # (Debian package ``faketime``); the brain alone runs under it, never an agent.
+        self.clock_offset = clock_offset
         self.port = port
         self.venv = Path(venv) if venv else brain_venv_dir()
         self.admin_email = admin_email
@@ -283,6 +295,9 @@ class RealBrain:
             str(_venv_bin(self.venv, "z4j")), "serve", "--host", "127.0.0.1", "--port", str(port),
             "--admin-email", self.admin_email, "--admin-password", self._admin_password,
         ]  # fmt: skip
+        if self.clock_offset:
+            cmd = [_faketime(), "-f", f"{self.clock_offset:+g}s", *cmd]
+            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"  # timers and timeouts keep real time
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the brain; closed in stop()
         # own session = own process group, so stop() can kill uvicorn and anything it forked
         self._proc = subprocess.Popen(

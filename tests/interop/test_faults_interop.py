@@ -80,3 +80,46 @@ def test_a_frozen_real_brain_is_noticed_and_the_worker_reconnects_when_it_thaws(
     print(f"\nfrozen real brain: noticed after {noticed_s:.1f} s, session back {back_s:.2f} s after SIGCONT")
     assert noticed_s < NOTICE_WITHIN_S
     assert back_s < BACK_WITHIN_S
+
+
+@pytest.mark.parametrize("skew", [300.0, -300.0])
+def test_a_real_worker_delivers_to_a_real_brain_whose_clock_is_five_minutes_off(
+    tmp_path_factory: pytest.TempPathFactory, skew: float
+) -> None:
+    """The real brain 1.13 under libfaketime, 300 s ahead of and behind this host: it refuses any
+    frame more than 60 s from its clock, so only an agent that signs with the brain's time delivers.
+    The worker (never under libfaketime) logs the skew once; doctor fails its skew stage with the
+    fix, while its hmac stage still proves the key."""
+    from z4j_bare.diagnostics import run_doctor
+
+    home = tmp_path_factory.mktemp("skewed-brain")
+    with RealBrain(home=home, clock_offset=skew) as brain:
+        creds = brain.mint_agent(project=PROJECT, name=f"skew{int(skew)}")
+        queue_name = unique("rq-skew")
+        (home / "worker").mkdir()
+        worker = RqWorker(worker_class="z4j_rq.Worker", queues=[queue_name], agent_env=creds.as_env(),
+                          home=home / "worker")
+        conn = redis.Redis.from_url(RQ_REDIS_URL)
+        try:
+            queue = Queue(queue_name, connection=conn)
+            ids = {queue.enqueue("rq_app.jobs.add", i, 1).id for i in range(10)}
+            wait_until(lambda: _succeeded(brain, ids), 90, lambda: f"jobs missing in the brain:\n{worker.log()}")
+            time.sleep(11.0)  # a heartbeat and agent_status tick on the brain's clock
+            agent = brain.agent(PROJECT, creds.agent_id)
+        finally:
+            worker.stop()
+            clean_rq_queues([queue_name])
+            conn.close()
+        report = run_doctor({"brain_url": creds.brain_url, "token": creds.token, "hmac_secret": creds.hmac_secret,
+                             "project_id": creds.project_id, "agent_id": creds.agent_id}, env={})
+    log = worker.log(10**7)
+    assert agent["state"] == "online", agent
+    assert "runtime.session_failed" not in log and log.count("runtime.session_open") == 1, log[-3000:]
+    skew_lines = [line for line in log.splitlines() if "runtime.clock_skew" in line]
+    assert len(skew_lines) == 1 and " WARNING " in skew_lines[0], log[-3000:]
+    measured = float(re.search(r"skew_seconds=(-?[\d.]+)", skew_lines[0]).group(1))
+    assert abs(measured - skew) < 5.0, skew_lines[0]
+    stage = report.probe("skew")
+    assert stage.status == "fail" and "NTP" in (stage.fix or ""), stage
+    assert report.probe("hmac").status == "pass" and report.probe("runtime").status == "pass", report.render_text()
+    print(f"\nreal brain {skew:+.0f} s: agent measured {measured:+.3f} s; doctor: {stage.message}")

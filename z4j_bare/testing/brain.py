@@ -61,12 +61,13 @@ class LocalBrain:
         *,
         strict_verify: bool = False,
         ssl_context: Any = None,
+        clock_offset: float = 0.0,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"LocalBrain(port={port!r}) must be an int in 0..65535 (0 picks a free port)")
         self.settings = BrainSettings.checked(
             heartbeat_interval=heartbeat_interval, max_frame_size=max_frame_size, idle_timeout=idle_timeout,
-            command_timeout=command_timeout, strict_verify=strict_verify,
+            command_timeout=command_timeout, strict_verify=strict_verify, clock_offset=clock_offset,
         )
         if master_secret is not None and (not isinstance(master_secret, str) or not master_secret):
             raise ValueError("LocalBrain(master_secret=...) must be a non-empty string or None (random)")
@@ -76,7 +77,7 @@ class LocalBrain:
         self.frame_log = FrameLog(self.listeners)
         # An ssl.SSLContext with the server certificate makes the brain speak wss:// / https://.
         self.server = BrainServer(host, port, ssl_context=ssl_context, server_header=f"z4j-local-brain/{BRAIN_VERSION}",
-                                  idle_timeout=lambda: self.settings.idle_timeout)
+                                  idle_timeout=lambda: self.settings.idle_timeout, clock=self.settings.now)
         self.registry = AgentRegistry(self.changes, master_secret or secrets.token_urlsafe(32))
         self.hub = SessionHub(self.changes, self.listeners)
         self.faults = BrainFaults(self._store, self.hub, self.server)
@@ -113,6 +114,7 @@ class LocalBrain:
     idle_timeout = _setting("idle_timeout")
     command_timeout = _setting("command_timeout")
     strict_verify = _setting("strict_verify")
+    clock_offset = _setting("clock_offset")  # seconds ahead of the host (negative: behind)
 
     @property
     def close_codes(self) -> list[int]:

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--project", default="default", help="project slug (default 'default')")
     parser.add_argument("--heartbeat-interval", type=int, default=10, help="seconds advertised in hello_ack")
     parser.add_argument("--max-frame-size", type=int, default=1_048_576, help="inbound frame cap in bytes")
+    parser.add_argument("--clock-offset", type=float, default=0.0, metavar="SECONDS",
+                        help="run the brain's clock this far ahead of the host's (negative: behind), like a brain "
+                             "host without NTP (default 0)")
     return parser
 
 
@@ -82,7 +85,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, stop: 
         log_to_stderr("warning")
     try:
         brain = LocalBrain(db_path=args.db, host=args.host, port=args.port,
-                           heartbeat_interval=args.heartbeat_interval, max_frame_size=args.max_frame_size)
+                           heartbeat_interval=args.heartbeat_interval, max_frame_size=args.max_frame_size,
+                           clock_offset=args.clock_offset)
         brain.start()
     except (ValueError, OSError) as exc:
         print(f"z4j local brain: {exc}", file=sys.stderr)

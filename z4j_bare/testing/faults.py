@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.exceptions import ConnectionClosed
 
 from ..logs import get_logger
-from ..protocol import DEFAULT_MAX_FRAME_BYTES, CloseCode, FrameType, utc_now_text
+from ..protocol import DEFAULT_MAX_FRAME_BYTES, CloseCode, FrameType
 from . import wire
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ async def _send_fault(sess: Session, kind: str, options: dict[str, Any]) -> None
             await sess.send_signed(ack_type, fid, wire.harmless_ack_payload())
         await sess.send_raw(sess.last_sent, "replayed", fid)
     elif kind == "stale":
-        ts = wire.past_ts(float(options.get("skew", 120.0)))
+        ts = wire.past_ts(float(options.get("skew", 120.0)), sess.now())
         await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), ts=ts)
     elif kind == "v3":
         await sess.send_signed(ack_type, fid, wire.harmless_ack_payload(), v=3)
@@ -179,6 +179,6 @@ async def _send_fault(sess: Session, kind: str, options: dict[str, Any]) -> None
         await sess.send_signed(FrameType.ERROR.value, fid, payload)
     else:  # unsigned_command
         fid = str(uuid.uuid4())
-        data = wire.unsigned(FrameType.COMMAND.value, fid, wire.fake_command_payload(), ts=utc_now_text())
+        data = wire.unsigned(FrameType.COMMAND.value, fid, wire.fake_command_payload(), ts=wire.wall_text(sess.now()))
         await sess.send_raw(data, FrameType.COMMAND.value, fid)
     log.info("brain.fault_frame_sent", kind=kind, agent_id=sess.agent.agent_id, session_id=sess.session_id)

@@ -9,8 +9,10 @@ Raising ``HttpError`` answers with that status; any other exception answers 500 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -74,12 +76,15 @@ class HttpResponse:
         body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return cls(status, body, "application/json", dict(headers or {}))
 
-    def encode(self, *, keep_alive: bool, server: str) -> bytes:
+    def encode(self, *, keep_alive: bool, server: str, now: float | None = None) -> bytes:
+        """The response bytes; ``now`` (the brain's clock) gives the Date header, as every brain sends."""
         try:
             reason = HTTPStatus(self.status).phrase
         except ValueError:
             reason = "Status"
-        lines = [f"HTTP/1.1 {self.status} {reason}", f"Server: {server}", f"Content-Type: {self.content_type}",
+        date = formatdate(time.time() if now is None else now, usegmt=True)
+        lines = [f"HTTP/1.1 {self.status} {reason}", f"Date: {date}", f"Server: {server}",
+                 f"Content-Type: {self.content_type}",
                  f"Content-Length: {len(self.body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
         lines += [f"{name}: {value}" for name, value in self.headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body

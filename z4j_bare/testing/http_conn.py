@@ -9,6 +9,7 @@ is gone: the handler in flight is cancelled. A connection idle for the brain's
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from ..logs import get_logger
@@ -24,10 +25,11 @@ class HttpConnection:
     """Fed by the server's connection object (``feed``, ``eof``, ``lost``); writes to its transport."""
 
     def __init__(self, transport: asyncio.Transport, router: HttpRouter, *, server: str,
-                 idle_timeout: Callable[[], float]) -> None:
+                 idle_timeout: Callable[[], float], clock: Callable[[], float] = time.time) -> None:
         self._transport = transport
         self._router = router
         self._server = server
+        self._clock = clock
         self._idle_timeout = idle_timeout
         self._buf = bytearray()
         self._task: asyncio.Task | None = None
@@ -101,7 +103,7 @@ class HttpConnection:
             self._task = None
         if self._done:
             return
-        self._transport.write(response.encode(keep_alive=keep_alive, server=self._server))
+        self._transport.write(response.encode(keep_alive=keep_alive, server=self._server, now=self._clock()))
         if keep_alive:
             self._next()
         else:
@@ -110,12 +112,12 @@ class HttpConnection:
     def _fail(self, status: int, message: str) -> None:
         """Answer a request the brain cannot read and hang up (the stream position is lost)."""
         log.info("brain.http_rejected", status=status, reason=message)
-        self._transport.write(HttpResponse.text(status, message + "\n").encode(keep_alive=False, server=self._server))
+        self._transport.write(HttpResponse.text(status, message + "\n").encode(keep_alive=False, server=self._server, now=self._clock()))
         self._finish()
 
     def _respond_and_drain(self, status: int, message: str, request_bytes: int) -> None:
         log.info("brain.http_rejected", status=status, reason=message)
-        self._transport.write(HttpResponse.text(status, message + "\n").encode(keep_alive=False, server=self._server))
+        self._transport.write(HttpResponse.text(status, message + "\n").encode(keep_alive=False, server=self._server, now=self._clock()))
         self._discard = request_bytes
         buffered = len(self._buf)
         self._buf.clear()

@@ -308,7 +308,7 @@ class LongPollEndpoint:
         hello = {"capabilities": {engine: ["retry_by_reference_v1"] for engine in contracts},
                  "runtime_features": features, "transport": "longpoll"}
         sess = Session(channel, agent, hello, DEFAULT_MAX_FRAME_BYTES, strict=self._settings.strict_verify,
-                       on_send=self._log_out, session_id=key[1], worker_slot=False)
+                       on_send=self._log_out, session_id=key[1], worker_slot=False, clock=self._settings.now)
         lp = _LpSession(sess, channel, time.monotonic())
         self._sessions[key] = lp
         self._hub.add(sess)

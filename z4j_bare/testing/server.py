@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,13 +35,14 @@ class BrainServer:
     """Owns the loop thread and the listener; ``call``/``spawn``/``run_blocking`` for the other pieces."""
 
     def __init__(self, host: str, port: int, *, ssl_context: Any = None, server_header: str,
-                 idle_timeout: Callable[[], float]) -> None:
+                 idle_timeout: Callable[[], float], clock: Callable[[], float] = time.time) -> None:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
         self.router = HttpRouter()
         self._server_header = server_header
         self._idle_timeout = idle_timeout
+        self._clock = clock  # the brain's wall clock, for Date headers
         self._ws_path: str | None = None
         self._ws_handler: Callable[[ServerConnection], Awaitable[None]] | None = None
         self._ws_gate: Callable[[ServerConnection, Any], Awaitable[Any]] | None = None
@@ -170,6 +173,7 @@ class BrainServer:
             self.port,
             create_connection=_connection_class(self),
             process_request=self._ws_gate,
+            process_response=self._date_header,
             ssl=self.ssl_context,
             max_size=None,  # oversize is judged per session so it can close 4400 like the real brain
             ping_interval=60,
@@ -215,7 +219,13 @@ class BrainServer:
         return target.partition(b"?")[0].decode("latin-1") == self._ws_path
 
     def _http(self, transport: asyncio.Transport) -> HttpConnection:
-        return HttpConnection(transport, self.router, server=self._server_header, idle_timeout=self._idle_timeout)
+        return HttpConnection(transport, self.router, server=self._server_header, idle_timeout=self._idle_timeout,
+                              clock=self._clock)
+
+    def _date_header(self, conn: ServerConnection, request: Any, response: Any) -> None:
+        """websockets' process_response: the upgrade answer's Date in the brain's own time."""
+        del response.headers["Date"]
+        response.headers["Date"] = formatdate(self._clock(), usegmt=True)
 
 
 def _connection_class(owner: BrainServer) -> type[ServerConnection]:

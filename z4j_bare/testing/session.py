@@ -42,7 +42,7 @@ class Session:
     def __init__(
         self, channel: Channel, agent: AgentRow, hello: dict[str, Any], max_frame_size: int, *, strict: bool = False,
         on_send: Callable[[bytes, str, str, Session], None] | None = None, session_id: str | None = None,
-        worker_slot: bool = True,
+        worker_slot: bool = True, clock: Callable[[], float] = time.time,
     ) -> None:
         self.channel = channel
         self._on_send = on_send
@@ -55,8 +55,10 @@ class Session:
         self.worker_slot = worker_slot
         self.max_frame_size = max_frame_size
         self.binding = SessionBinding(agent.agent_id, agent.project_uuid, self.session_id)
-        self.verifier = BrainVerifier(agent.key, self.binding, strict=strict)
-        self.signer = OutboundSigner(agent.key, self.binding)
+        #: The brain's wall clock: what its signatures carry and its replay checks compare with.
+        self.now = clock
+        self.verifier = BrainVerifier(agent.key, self.binding, strict=strict, clock=clock)
+        self.signer = OutboundSigner(agent.key, self.binding, clock)
         self.send_lock = asyncio.Lock()
         self.last_sent: bytes | None = None
         self.opened_at = time.time()

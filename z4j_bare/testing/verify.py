@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ..protocol import Frame, FrameType, SessionBinding, Verifier
@@ -28,8 +30,9 @@ STRICT_EVERY = 8
 class BrainVerifier(Verifier):
     """Verifies the frames of one session; returns the frame and, for event_batch, the events text."""
 
-    def __init__(self, key: bytes, binding: SessionBinding, *, strict: bool = False) -> None:
-        super().__init__(key, binding)
+    def __init__(self, key: bytes, binding: SessionBinding, *, strict: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(key, binding, clock)
         self._strict = strict
         self._frames = 0
         self._agent = json_string(binding.agent_id).encode("utf-8")

@@ -7,8 +7,10 @@ session's next seq, carry a chosen ts or v, or be altered after signing.
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from ..protocol import SessionBinding, compute_hmac, new_nonce, utc_now_text
@@ -19,12 +21,13 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 class OutboundSigner:
     """Signs brain -> agent frames for one session; seq starts at 1."""
 
-    __slots__ = ("_key", "_binding", "seq")
+    __slots__ = ("_key", "_binding", "seq", "_now")
 
-    def __init__(self, key: bytes, binding: SessionBinding) -> None:
+    def __init__(self, key: bytes, binding: SessionBinding, now: Callable[[], float] = time.time) -> None:
         self._key = key
         self._binding = binding
         self.seq = 0
+        self._now = now  # the brain's wall clock
 
     def __repr__(self) -> str:
         return f"OutboundSigner(session_id={self._binding.session_id!r}, seq={self.seq})"
@@ -33,7 +36,7 @@ class OutboundSigner:
              v: int = 2, tamper: bool = False) -> bytes:
         self.seq += 1
         frame: dict[str, Any] = {
-            "v": v, "id": frame_id, "ts": ts or utc_now_text(), "nonce": new_nonce(), "seq": self.seq,
+            "v": v, "id": frame_id, "ts": ts or wall_text(self._now()), "nonce": new_nonce(), "seq": self.seq,
             "type": ftype, "payload": payload,
         }
         frame["hmac"] = compute_hmac(self._key, {**frame, **self._binding.as_dict()})
@@ -46,8 +49,13 @@ def unsigned(ftype: str, frame_id: str, payload: dict[str, Any], *, ts: str | No
     return _encode({"v": 2, "id": frame_id, "ts": ts, "type": ftype, "payload": payload}).encode("utf-8")
 
 
-def past_ts(seconds: float) -> str:
-    return utc_now_text(datetime.now(UTC) - timedelta(seconds=seconds))
+def past_ts(seconds: float, now: float | None = None) -> str:
+    return wall_text((time.time() if now is None else now) - seconds)
+
+
+def wall_text(ts: float) -> str:
+    """POSIX seconds as the envelope's timestamp text."""
+    return utc_now_text(datetime.fromtimestamp(ts, UTC))
 
 
 def harmless_ack_payload() -> dict[str, Any]:

@@ -26,7 +26,6 @@ from ..protocol import (
     ProtocolError,
     SignatureError,
     parse_frame,
-    utc_now_text,
 )
 from . import wire
 from .agents import AgentRegistry
@@ -190,7 +189,7 @@ class AgentSocket:
     async def _send_hello_ack(self, ws: ServerConnection, agent: AgentRow, hello: dict[str, Any]) -> Session:
         sess = Session(WsChannel(ws, self), agent, hello,
                        self._faults.advertise_max_frame_size or self._settings.max_frame_size,
-                       strict=self._settings.strict_verify, on_send=self._log.session_sent)
+                       strict=self._settings.strict_verify, on_send=self._log.session_sent, clock=self._settings.now)
         ack_id = "hack_" + uuid.UUID(sess.session_id).hex[:12]
         ack = wire.unsigned(FrameType.HELLO_ACK.value, ack_id, {
             "protocol_version": hello["protocol_version"],
@@ -200,7 +199,7 @@ class AgentSocket:
             "session_id": sess.session_id,
             "heartbeat_interval_seconds": self._settings.heartbeat_interval,
             "max_frame_size_bytes": sess.max_frame_size,
-        }, ts=utc_now_text())
+        }, ts=wire.wall_text(sess.now()))
         await sess.send_raw(ack, FrameType.HELLO_ACK.value, ack_id)
         return sess
 

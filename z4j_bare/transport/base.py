@@ -36,6 +36,7 @@ from ..protocol import (
     Signer,
     Verifier,
 )
+from .clock import BrainClock
 
 #: (frame type, frame id): command_ack and command_result share the command's id.
 FrameKey = tuple[str, str]
@@ -74,7 +75,8 @@ class TlsSettings:
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     """What a handshake established. ``clock_offset`` is the brain's clock minus ours in
-    seconds, as far as the handshake could tell (None: unknown)."""
+    seconds, as far as the handshake could tell (None: unknown), ``clock_source`` what told it
+    (``hello_ack`` or ``date``)."""
 
     transport: str
     binding: SessionBinding
@@ -82,6 +84,7 @@ class SessionInfo:
     max_frame: int = DEFAULT_MAX_FRAME_BYTES
     brain_version: str | None = None
     clock_offset: float | None = None
+    clock_source: str | None = None
 
     @property
     def session_id(self) -> str:
@@ -90,7 +93,8 @@ class SessionInfo:
     def as_dict(self) -> dict[str, Any]:
         return {"transport": self.transport, "session_id": self.binding.session_id, "agent_id": self.binding.agent_id,
                 "project_id": self.binding.project_id, "heartbeat_interval": self.heartbeat_interval,
-                "max_frame": self.max_frame, "brain_version": self.brain_version, "clock_offset": self.clock_offset}
+                "max_frame": self.max_frame, "brain_version": self.brain_version, "clock_offset": self.clock_offset,
+                "clock_source": self.clock_source}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,8 @@ class Transport(ABC):
         self._max_frame = DEFAULT_MAX_FRAME_BYTES
         self._receipts: deque[Receipt] = deque()
         self._receipts_lock = threading.Lock()
+        #: The brain's clock (shared by a runtime's transports): signatures and replay checks use it.
+        self.clock = BrainClock()
         #: Monotonic time anything last came from the brain (frames, acks, pongs, HTTP answers).
         self.last_heard = time.monotonic()
         #: How long a live brain may stay silent by design while the agent waits on it (long-poll
@@ -182,8 +188,10 @@ class Transport(ABC):
 
     # -- shared by every transport -----------------------------------------------------------
     def _bind(self, info: SessionInfo) -> SessionInfo:
-        self._signer = Signer(self._key, info.binding)
-        self._verifier = Verifier(self._key, info.binding)
+        if info.clock_offset is not None:
+            self.clock.measured(info.clock_offset, info.clock_source or "date")
+        self._signer = Signer(self._key, info.binding, self.clock.now_text)
+        self._verifier = Verifier(self._key, info.binding, self.clock.now)
         self._max_frame = info.max_frame
         return info
 

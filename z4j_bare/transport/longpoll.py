@@ -34,6 +34,7 @@ from typing import Any
 from ..logs import get_logger
 from ..protocol import DEFAULT_MAX_FRAME_BYTES, BackoffClass, Frame, SessionBinding
 from .base import Outgoing, Receipt, SessionInfo, TlsSettings, Transport, TransportError
+from .clock import date_offset
 from .http import HttpAnswer, HttpConnection, HttpFailure, shown_url
 
 log = get_logger(__name__)
@@ -137,10 +138,9 @@ class LongPollTransport(Transport):
         if agent_id is None or project_id is None:
             raise TransportError("the long-poll probe's answer lacks X-Z4J-Agent-Id / X-Z4J-Project-Id: this is "
                                  "not a z4j brain 1.13 (or a proxy strips its headers)", BackoffClass.PROTOCOL)
-        brain_time = answer.server_time()
-        offset = None if brain_time is None else brain_time - time.time()
+        offset = date_offset(answer.header("date"), time.time())
         info = self._bind(SessionInfo(self.name, SessionBinding(agent_id, project_id, nonce), self._heartbeat,
-                                      DEFAULT_MAX_FRAME_BYTES, None, offset))
+                                      DEFAULT_MAX_FRAME_BYTES, None, offset, "date" if offset is not None else None))
         self.last_heard = time.monotonic()
         for raw in self._frames_of(answer):
             self._inbound.put(raw)

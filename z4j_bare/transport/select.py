@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..logs import get_logger
 from .base import TlsSettings, Transport, TransportError
+from .clock import BrainClock
 from .longpoll import LongPollTransport
 from .websocket import WebSocketTransport
 
@@ -33,8 +34,10 @@ def _wall(ts: float) -> str:
 
 
 class TransportChoice:
-    def __init__(self, config: Config, key: bytes, stopping: threading.Event) -> None:
+    def __init__(self, config: Config, key: bytes, stopping: threading.Event, clock: BrainClock | None = None) -> None:
         self.mode = config.transport
+        #: The brain's clock, measured at each connect and shared by every transport opened here.
+        self.clock = clock or BrainClock()
         self._config = config
         self._key = key
         self._stopping = stopping
@@ -113,8 +116,8 @@ class TransportChoice:
                      f"long-poll, trying WebSocket again every {self.ws_retry_seconds:g} s"),
             reason=reason)
 
-    @staticmethod
-    def _open(transport: Transport, hold: Callable[[Transport], None]) -> Transport:
+    def _open(self, transport: Transport, hold: Callable[[Transport], None]) -> Transport:
+        transport.clock = self.clock
         hold(transport)
         transport.open()
         return transport

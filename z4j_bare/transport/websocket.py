@@ -30,6 +30,7 @@ from ..protocol import (
     new_frame_id,
 )
 from .base import Outgoing, Receipt, SessionInfo, TlsSettings, Transport, TransportError
+from .clock import date_offset
 from .handshake import read_hello_ack
 
 # Largest inbound message we accept (the brain's own commands are tiny; 1 MiB like the reference).
@@ -49,6 +50,8 @@ class Connection:
         self._tls = tls or TlsSettings()
         self._ws: websocket.WebSocket | None = None
         self._closing: websocket.WebSocket | None = None
+        #: The brain's clock minus ours from the upgrade answer's Date header (None: none usable).
+        self.date_offset: float | None = None
         self.handshake_phase = True
         #: Monotonic time the last WebSocket frame of any kind (pong included) was read.
         self.heard_at = 0.0
@@ -67,6 +70,7 @@ class Connection:
                 enable_multithread=True,
                 skip_utf8_validation=True,
             )
+            self.date_offset = date_offset((self._ws.getheaders() or {}).get("date"), time.time())
         except websocket.WebSocketBadStatusException as exc:
             status = getattr(exc, "status_code", None)
             raise TransportError(f"upgrade refused with HTTP {status}", classify_http_status(status),
@@ -204,9 +208,14 @@ class WebSocketTransport(Transport):
             self._conn.close(1002)
             raise
         self._conn.handshake_phase = False
-        offset = None if ack.brain_time is None else ack.brain_time - (sent_at + time.time()) / 2
+        # hello_ack's ts is the brain's own clock to the microsecond; the upgrade's Date (whole
+        # seconds, and maybe a proxy's) only when the ack has none.
+        if ack.brain_time is not None:
+            offset, source = ack.brain_time - (sent_at + time.time()) / 2, "hello_ack"
+        else:
+            offset, source = self._conn.date_offset, "date"
         return self._bind(SessionInfo(self.name, ack.binding, ack.heartbeat_interval, ack.max_frame,
-                                      ack.brain_version, offset))
+                                      ack.brain_version, offset, source if offset is not None else None))
 
     def send(self, frame: Outgoing) -> None:
         data = self._sign(frame)
