@@ -155,12 +155,7 @@ def _exc_parts(exc: BaseException | None) -> tuple[str, str]:
         exc = inner
     name = getattr(exc, "exc_cls_name", None) or type(exc).__name__
     message = getattr(exc, "exc_msg", None)
-    if message is None:
-        try:
-            message = str(exc)
-        except Exception:  # noqa: BLE001
-            message = "<unprintable>"
-    return str(name), str(message)[:MAX_MESSAGE]
+    return str(name), safe_str(exc if message is None else message)[:MAX_MESSAGE]
 
 
 def _queue(delivery_info: Any) -> str | None:
