@@ -637,7 +637,8 @@ class Config:
     # --- identity and credentials
     brain_url: str = _option("str", REQUIRED, "Base URL of the brain (https://...; a path prefix is kept). "
         "Plain http/ws only for a loopback host or with dev_mode=True.")
-    token: Secret = _option("secret", REQUIRED, "Agent bearer token the brain returned when the agent was created.")
+    token: Secret = _option("secret", REQUIRED, "Agent bearer token the brain returned when the agent was created "
+                            "(urlsafe base64; whitespace or control characters inside are refused).")
     hmac_secret: Secret = _option("secret", REQUIRED, "Frame-signing secret the brain returned with the token "
         "(urlsafe base64, decodes to >= 32 bytes).")
     project_id: str = _option("str", REQUIRED,
