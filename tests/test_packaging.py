@@ -98,3 +98,18 @@ def test_extras_and_engine_bounds_match_what_ci_runs(wheel):
     assert f'dramatiq[rabbitmq,redis]<3,>={oldest["dramatiq"]}; extra == "dramatiq"' in requires, requires
     assert f'rq-scheduler<0.15,>={oldest["rq-scheduler"]}; extra == "rqscheduler"' in requires, requires
     assert f'websockets<18,>={oldest["websockets"]}; extra == "brain"' in requires, requires
+
+
+def test_version_flag(capsys):
+    from z4j_bare.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"z4j-bare {z4j_bare.__version__}\n"
+
+
+def test_readme_says_what_to_install_before_the_checkout_commands():
+    readme = (ROOT / "README.md").read_text()
+    first = readme.index("pip install")
+    assert first < readme.index("make demo") and first < readme.index("make test")
+    for line in ('pip install "z4j-bare[celery]"', 'pip install "z4j-bare[rq]"', 'pip install "z4j-bare[demo]"'):
+        assert line in readme, line
