@@ -71,3 +71,27 @@ def test_outside_worker_is_an_explicit_opt_in(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True"]
     assert list((tmp_path / "home").glob("buffer-*.sqlite"))
+
+
+def test_z4j_bare_run_with_a_celery_app_runs_its_agent_outside_a_worker(tmp_path):
+    # `run` is a process that is no worker, on purpose: it opts in for its own agent.
+    import signal
+
+    from z4j_bare.testing import LocalBrain
+
+    with LocalBrain() as brain:
+        creds = brain.mint_agent()
+        env = {**_env(tmp_path / "home"), **creds.env(), "Z4J_TEST_BOOT": "none"}
+        proc = subprocess.Popen([sys.executable, "-m", "z4j_bare", "run", "--app", "celery_app.tasks:app"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+        try:
+            agent = brain.wait_for_agent_online(creds.agent_id, timeout=30)
+            assert agent["engines"] == ["celery"]
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert proc.returncode == 0, err.decode()
+        assert "agent.waiting_for_worker" not in err.decode()
