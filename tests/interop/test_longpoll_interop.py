@@ -171,6 +171,9 @@ def test_a_command_edited_on_the_way_is_never_executed(real_brain: RealBrain, lp
         runtime.start()
         _wait(lambda: runtime.state is RuntimeState.RUNNING, 30, "a long-poll session through the relay")
         first = runtime.health()["session_id"]
+        # Long-poll liveness comes from authenticated uploads: wait for the first heartbeat's.
+        _wait(lambda: (real_brain.agent(brain_creds.project_id, brain_creds.agent_id) or {}).get("state") == "online",
+              30, "the brain to see the long-poll agent online")
         real_brain.command(brain_creds.project_id, "cancel-task",
                            {"agent_id": brain_creds.agent_id, "engine": "celery", "task_id": "lp-hostile"})
         _wait(lambda: relay.edited, 40, "the relay to edit the command")
