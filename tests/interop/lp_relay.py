@@ -88,9 +88,13 @@ class LongPollRelay:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
                 upstream = http.client.HTTPConnection(*relay.upstream, timeout=120)
                 try:
-                    upstream.request(self.command, self.path, body=body or None, headers=headers)
-                    answer = upstream.getresponse()
-                    data = answer.read()
+                    try:
+                        upstream.request(self.command, self.path, body=body or None, headers=headers)
+                        answer = upstream.getresponse()
+                        data = answer.read()
+                    except (OSError, http.client.HTTPException):  # the brain went away: like a proxy, 502
+                        self.send_error(502)
+                        return
                     if answer.status == 200 and self.path.startswith(COMMANDS):
                         data = relay.edit(data, self.headers.get("X-Z4J-Session-Nonce", ""),
                                           answer.getheader("X-Z4J-Agent-Id", ""),
