@@ -41,6 +41,9 @@ def test_demo_with_redis_celery_and_rq(tmp_path):
     proc = _run_demo(tmp_path)
     _assert_clean_run(proc, tmp_path)
     assert "RQ worker joins" in proc.stdout and "tasks by state (rq)" in proc.stdout
+    # a dramatiq command: two worker processes, one agent session, a retry by reference from the brain
+    assert "tasks by state (dramatiq)" in proc.stdout and "command retry_task (dramatiq)" in proc.stdout
+    assert "PASS dramatiq's 2 worker processes shared one agent session" in proc.stdout
     # celery beat's schedule appears in the brain and the operator's trigger runs on the worker
     assert "celery beat: its schedule in the brain" in proc.stdout and "makes it APPLIED" in proc.stdout
 

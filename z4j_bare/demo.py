@@ -5,7 +5,8 @@ What it does, with nothing else installed or running:
 1. starts the embedded reference brain (``z4j_bare.testing.LocalBrain``) on 127.0.0.1;
 2. starts a real Celery worker subprocess (prefork, 2 processes) with the agent installed. The
    broker is Redis when one answers on 127.0.0.1:6379, else kombu's ``filesystem://`` transport
-   in a temp dir (no server). With Redis it also starts an RQ worker with the agent;
+   in a temp dir (no server). With Redis it also starts an RQ worker with the agent, and a
+   ``dramatiq`` command (2 worker processes sharing one agent process);
 3. sends a stream of tasks (successes, a failure, a task that retries itself, one that fails
    because a "carrier API" is down), printing each event as the brain stores it plus a status
    line per agent (online, session, buffer depth the agent reports, heartbeats);
@@ -106,6 +107,7 @@ class Demo:
         self._last_status = ""
         self._next_status = 0.0
         self._rq_job_ids: list[str] = []
+        self.dq_namespace = f"z4j-demo-{self.tag}-dq"
 
     # -- helpers ---------------------------------------------------------------------------------
     def check(self, name: str, ok: bool, detail: str = "") -> bool:
@@ -190,6 +192,7 @@ class Demo:
             "Z4J_DEMO_QUEUE": self.queue,
             "Z4J_DEMO_BROKER": self.broker_url,
             "Z4J_DEMO_BROKER_DIR": str(self.tmp / "broker"),
+            "Z4J_DEMO_DRAMATIQ_NAMESPACE": self.dq_namespace,
             "PYTHONUNBUFFERED": "1",
         })
         return env
@@ -248,8 +251,8 @@ class Demo:
         (self.tmp / "broker-control").mkdir()
         if self.redis_url:
             self.broker_url = self.redis_url
-            out.line(f"Redis answers on 127.0.0.1:6379: Celery uses it as broker, and an RQ worker joins "
-                     f"(queue {self.queue}; its keys are removed at the end)")
+            out.line(f"Redis answers on 127.0.0.1:6379: Celery uses it as broker, and an RQ worker joins, "
+                     f"and a dramatiq command (queue {self.queue}; its keys are removed at the end)")
         else:
             self.broker_url = "filesystem://"
             out.line("no Redis on 127.0.0.1:6379: Celery uses kombu's filesystem:// broker in a temp dir "
@@ -258,7 +261,7 @@ class Demo:
         out.line(f"local brain listening at {self.brain.url} (Z4J_HOME for the agents: {self.tmp})", tag="brain")
         if self.transport != "auto":
             out.line(f"the workers' agents use transport={self.transport}", tag="brain")
-        engines = ["celery"] + (["rq"] if self.redis_url else [])
+        engines = ["celery"] + (["rq"] if self.redis_url else []) + (["dramatiq"] if self.redis_url and _has_dramatiq() else [])
         for engine in engines:
             self.agents[engine] = self.brain.mint_agent(name=f"demo-{engine}")
         self.agents["beat"] = self.brain.mint_agent(name="demo-beat")
@@ -270,6 +273,10 @@ class Demo:
             self._spawn("rq", [sys.executable, "-m", "rq.cli", "worker", "-u", self.redis_url,
                                "-w", "z4j_rq.Worker", "-n", f"demo-{self.tag}",
                                "--logging_level", "WARNING", self.queue])
+        if "dramatiq" in engines:
+            # The dramatiq CLI: a supervisor, 2 worker processes, and the z4j agent process it starts.
+            self._spawn("dramatiq", [sys.executable, "-m", "dramatiq", "z4j_bare.demo_dramatiq", "-p", "2", "-t", "2",
+                                     "-Q", self.queue])
         self._spawn("beat", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "beat",
                              "-s", str(self.tmp / "beat-schedule"), "--loglevel=warning"])
         out.line(f"started {' and '.join(engines)} worker subprocess(es) and celery beat; waiting for the agents' "
@@ -295,9 +302,11 @@ class Demo:
         sent.append(("demo.ship", ship_id, "FAILURE"))
         for name, task_id, state in sent:
             self.expected[("celery", task_id)] = (name, state)
-        rq_ship = None
+        rq_ship = dq_ship = None
         if "rq" in engines:
             rq_ship = self._enqueue_rq()
+        if "dramatiq" in engines:
+            dq_ship = self._send_dramatiq()
         for (engine, task_id), (name, state) in list(self.expected.items()):
             self.wait(f"{engine} task {name} {task_id} to reach {state}",
                       lambda e=engine, t=task_id, s=state: self._state(e, t) == s, 30)
@@ -310,6 +319,10 @@ class Demo:
             self.expected[("celery", new_id)] = ("demo.ship (retry)", "SUCCESS")
         if rq_ship:
             self.retry_round_trip("rq", rq_ship, "rq_ship")
+        if dq_ship:
+            new_id = self.retry_round_trip("dramatiq", dq_ship, "dq_ship")
+            if new_id:
+                self.expected[("dramatiq", new_id)] = ("dq_ship (retry)", "SUCCESS")
 
         self.beat_round_trip()
 
@@ -394,6 +407,21 @@ class Demo:
         conn.close()
         return ship.id
 
+    def _send_dramatiq(self) -> str:
+        os.environ.update({"Z4J_DEMO_BROKER": self.redis_url, "Z4J_DEMO_QUEUE": self.queue,
+                           "Z4J_DEMO_DRAMATIQ_NAMESPACE": self.dq_namespace})
+        from . import demo_dramatiq as dq
+
+        sent = [(dq.dq_add.send(i, 100), "dq_add", "SUCCESS") for i in range(3)]
+        sent.append((dq.dq_charge.send("order-9", 42.0, card_number=CARD), "dq_charge", "SUCCESS"))
+        sent.append((dq.dq_flaky.send(21, str(self.tmp / "dq-flaky-tried")), "dq_flaky", "SUCCESS"))
+        ship = dq.dq_ship.send("order-10", str(self.marker))
+        sent.append((ship, "dq_ship", "FAILURE"))
+        for message, name, state in sent:
+            self.expected[("dramatiq", message.message_id)] = (name, state)
+        dq.broker.close()
+        return ship.message_id
+
     def retry_round_trip(self, engine: str, task_id: str, name: str) -> str | None:
         out = self.out
         creds = self.agents[engine]
@@ -443,13 +471,24 @@ class Demo:
         flaky = [t for (e, t), (n, _) in self.expected.items() if n == "demo.flaky"]
         kinds = [e["kind"] for e in self.brain.events(engine="celery", task_id=flaky[0])] if flaky else []
         self.check("demo.flaky retried itself (task.retried) then succeeded", "task.retried" in kinds, str(kinds))
-        stored = repr([t.get("kwargs") for t in self.brain.tasks(engine="celery") if t.get("task_name") == "demo.charge"])
+        stored = repr([t.get("kwargs") for t in self.brain.tasks() if t.get("task_name") in ("demo.charge", "dq_charge")])
         self.check("the card number never reached the brain (redacted by the agent)", CARD not in stored, stored[:120])
         got = self.brain.events(engine="celery", kind="worker.offline")
         self.check("the celery agent reported worker.offline on shutdown", bool(got), f"{len(got)} event(s)")
         if self.transport == "longpoll":
             uploads = self.brain.longpoll.requests["events"]
             self.check("the workers' agents delivered over long-poll", uploads > 0, f"{uploads} uploads")
+        if "dramatiq" in engines:
+            online = {e["data"].get("pid") for e in self.brain.events(engine="dramatiq", kind="worker.online")}
+            offline = {e["data"].get("pid") for e in self.brain.events(engine="dramatiq", kind="worker.offline")}
+            sessions = self.brain.agent(self.agents["dramatiq"].agent_id)["sessions"]
+            self.check("dramatiq's 2 worker processes shared one agent session, and both said goodbye",
+                       len(online) == 2 and offline == online and sessions == 1,
+                       f"online {sorted(online)}, offline {sorted(offline)}, sessions {sessions}")
+            flaky_ids = [t for (_, t), (n, _) in self.expected.items() if n == "dq_flaky"]
+            kinds = [ev["kind"] for t in flaky_ids for ev in self.brain.events(engine="dramatiq", task_id=t)]
+            self.check("dq_flaky was retried by Dramatiq (task.retried) then succeeded", "task.retried" in kinds,
+                       str(kinds))
         from .diagnostics import buffer_status
 
         for engine in engines:
@@ -494,7 +533,7 @@ class Demo:
         if self.redis_url:
             self._clean_redis()
         shutil.rmtree(self.tmp, ignore_errors=True)
-        for key in ("Z4J_DEMO_BROKER", "Z4J_DEMO_BROKER_DIR", "Z4J_DEMO_QUEUE"):
+        for key in ("Z4J_DEMO_BROKER", "Z4J_DEMO_BROKER_DIR", "Z4J_DEMO_QUEUE", "Z4J_DEMO_DRAMATIQ_NAMESPACE"):
             os.environ.pop(key, None)
 
     def _clean_redis(self) -> None:
@@ -515,6 +554,12 @@ class Demo:
         except Exception as exc:  # noqa: BLE001 - best effort; a few stale demo keys are harmless
             self.out.line(f"could not remove the demo's Redis keys ({type(exc).__name__}); they are harmless",
                           tag="cleanup")
+
+
+def _has_dramatiq() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dramatiq") is not None
 
 
 def _quiet_logging() -> None:
