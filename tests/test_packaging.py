@@ -19,7 +19,7 @@ import pytest
 import z4j_bare
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("z4j_bare", "z4j_celery", "z4j_rq", "z4j_celerybeat", "z4j_rqscheduler")
+PACKAGES = ("z4j_bare", "z4j_celery", "z4j_rq", "z4j_celerybeat", "z4j_rqscheduler", "z4j_dramatiq")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_extras_and_engine_bounds_match_what_ci_runs(wheel):
     assert {"celery", "rq", "brain", "demo"} <= extras
     requires = meta.get_all("Requires-Dist")
     demo = [r for r in requires if r.endswith('extra == "demo"')]
-    assert demo == ['z4j-bare[brain,celery,rq]; extra == "demo"'], demo
+    assert demo == ['z4j-bare[brain,celery,dramatiq,rq]; extra == "demo"'], demo
     # The lower bounds are what `make test-oldest` installs (constraints-oldest.txt); the upper
     # bounds keep out the next major release, which CI has not run.
     oldest = dict(line.split("==") for line in (ROOT / "constraints-oldest.txt").read_text().split()

@@ -331,8 +331,10 @@ def _wrap_handle_message(orig: Any) -> Any:
 def install_consumer_hook() -> None:
     """Patch ``ConsumerThread.handle_message`` once per process (reference-counted)."""
     global _active
-    from dramatiq.worker import ConsumerThread
+    from dramatiq import worker
 
+    # dramatiq 2 names it ConsumerThread (keeping the old alias); dramatiq 1.x only _ConsumerThread.
+    ConsumerThread = getattr(worker, "ConsumerThread", None) or worker._ConsumerThread  # noqa: N806
     with _patch_lock:
         _active += 1
         if _patched:
