@@ -62,7 +62,10 @@ def dead_letter_page(cmds: DramatiqCommands, request: CommandRequest) -> dict[st
             next_cursor = f"0@{names[following]}"
             break
     parsed = [(name, rid, at, parse_body(body)) for name, rid, at, body in rows]
-    known = cmds.a.store.get_many(f["message_id"] for *_, f in parsed if f) if cmds.a.store else {}
+    from .dramatiq_commands import STORE_WAIT_SECONDS
+
+    ids = [f["message_id"] for *_, f in parsed if f]
+    known = cmds.a.store.get_many(ids, wait=STORE_WAIT_SECONDS) if cmds.a.store and ids else {}
     entries = []
     for name, rid, at, fields in parsed:
         if fields is None:
