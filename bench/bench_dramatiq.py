@@ -38,8 +38,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.suite.common import APPS, OUR_PY, BrainProc, clean_env, load_realbrain, machine  # noqa: E402
-from bench.suite.workloads import LocalTarget, RealTarget  # noqa: E402
+from bench.suite.common import (
+    APPS,
+    OUR_PY,
+    BrainProc,
+    clean_env,
+    load_realbrain,
+    machine,
+)
+from bench.suite.workloads import LocalTarget, RealTarget
 
 REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379") + "/6"
 QUEUE = "bench"

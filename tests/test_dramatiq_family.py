@@ -11,8 +11,8 @@ import os
 import signal
 
 import pytest
-
 from dramatiq_app import harness
+
 from z4j_bare.testing import LocalBrain
 
 pytestmark = pytest.mark.timeout(240)
@@ -48,8 +48,11 @@ def start(brain, app, setup, name):
     before = online_pids(brain)
     try:
         harness.wait_for(lambda: brain.agent(creds.agent_id)["online"], 60, "the agent process to connect")
-        command.pids = harness.wait_for(lambda: (lambda new: new if len(new) >= 2 else None)(online_pids(brain) - before),
-                                        30, "worker.online from both new worker processes")
+        def new_pids():
+            new = online_pids(brain) - before
+            return new if len(new) >= 2 else None
+
+        command.pids = harness.wait_for(new_pids, 30, "worker.online from both new worker processes")
     except BaseException:
         command.stop()
         raise AssertionError(f"dramatiq command did not come up:\n{command.log()[-4000:]}") from None

@@ -7,8 +7,8 @@ import time
 
 import pika
 import pytest
-
 from dramatiq_app import harness
+
 from z4j_bare.protocol import decode_hmac_secret, purge_token
 from z4j_bare.testing import LocalBrain
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from dramatiq_app import harness
+
 from z4j_bare.protocol import decode_hmac_secret, purge_token
 from z4j_bare.testing import LocalBrain
 

@@ -10,8 +10,8 @@ import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-
 from dramatiq_app.defs import REDIS_URL
+
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
 from z4j_bare.engines import dramatiq_family as family
@@ -124,8 +124,8 @@ def test_programmatic_worker_in_an_agent_process_captures_and_producer_side_repo
             # Sent (producer side), then taken by the worker: the brain keeps one per whole second.
             assert {"task.received", "task.started", "task.succeeded"} <= set(kinds)
             assert row["result"] in ("ada", '"ada"')
-            sent = [e for e in brain.events(engine="dramatiq", task_id=message.message_id)
-                    if e["kind"] == "task.received" and "status" in e["data"]][0]["data"]
+            sent = next(e for e in brain.events(engine="dramatiq", task_id=message.message_id)
+                        if e["kind"] == "task.received" and "status" in e["data"])["data"]
             assert sent["status"] == "enqueued" and sent["kwargs"]["token"] == "[REDACTED]"
         finally:
             worker.stop(timeout=5000)

@@ -60,9 +60,6 @@ KNOWN_CYCLES: Mapping[frozenset[str], str] = {
     # helper, which the owner satisfies, removes each.
     frozenset({"lifecycle", "runtime", "session"}): "runtime engineer",
     frozenset({"testing.brain", "testing.schedule_desk"}): "schedules engineer (local brain schedule desk)",
-    # The Dramatiq adapter and its command/cancel/dead-letter/middleware modules import each other.
-    frozenset({"engines.dramatiq", "engines.dramatiq_cancel", "engines.dramatiq_commands",
-               "engines.dramatiq_deadletters", "engines.dramatiq_middleware"}): "dramatiq engineer",
 }
 
 

@@ -115,7 +115,7 @@ def assert_clean_log(log: str) -> None:
 def flush_namespace() -> None:
     for key in _client.scan_iter(match=f"{NS}*"):
         _client.delete(key)
-    for key in _client.scan_iter(match=f"dramatiq:aborts:*"):
+    for key in _client.scan_iter(match="dramatiq:aborts:*"):
         _client.delete(key)
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from dramatiq_app import harness
 
 from .realbrain import BrainHTTPError, RealBrain

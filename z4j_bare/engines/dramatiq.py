@@ -26,6 +26,7 @@ from . import dramatiq_family as family
 from .base import CommandRequest, EngineAdapter, EventSink
 from .dramatiq_broker import BrokerError, BrokerOps, broker_ops
 from .dramatiq_store import DEFAULT_MAX_ROWS, DEFAULT_TTL_SECONDS, MessageStore
+from .dramatiq_support import abortable
 
 log = get_logger(__name__)
 
@@ -129,7 +130,7 @@ class DramatiqEngineAdapter(EngineAdapter):
             caps.add("list_dead_letters")
         if ops.can_requeue_dead_letters:
             caps.add("requeue_dead_letter")
-        if ops.can_remove_waiting or self._commands.abortable() is not None:
+        if ops.can_remove_waiting or abortable(self.broker) is not None:
             caps.add("cancel_task")
         return frozenset(caps)
 

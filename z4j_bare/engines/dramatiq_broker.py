@@ -163,9 +163,7 @@ class RedisOps(BrokerOps):
 
     def _scan(self, key: str, message_id: str) -> tuple[str, bytes] | None:
         needle = message_id.encode()
-        seen = 0
-        for field, value in self.client.hscan_iter(key, count=SCAN_COUNT):
-            seen += 1
+        for seen, (field, value) in enumerate(self.client.hscan_iter(key, count=SCAN_COUNT), 1):
             if needle in value:
                 parsed = parse_body(value)
                 if parsed is None or parsed.get("message_id") == message_id:

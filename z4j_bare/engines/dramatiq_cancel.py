@@ -26,16 +26,17 @@ from ..events import EventKind
 from . import dramatiq_store as st
 from .base import CommandFailed
 from .dramatiq_broker import BrokerError, parse_body
+from .dramatiq_support import abortable as find_abortable
+from .dramatiq_support import record as find_record
 
 if TYPE_CHECKING:
-    from .dramatiq_commands import DramatiqCommands
+    from .dramatiq_support import DramatiqAdapterView
 
 POLL_SECONDS = 0.05
 
 
-def cancel(cmds: DramatiqCommands, message_id: str) -> dict[str, Any]:
-    adapter = cmds.a
-    record = cmds._record(message_id)
+def cancel(adapter: DramatiqAdapterView, message_id: str) -> dict[str, Any]:
+    record = find_record(adapter, message_id)
     base: dict[str, Any] = {"task_id": message_id}
     if record is not None:
         base.update(queue=record["queue"], task_name=record["actor"], previous_state=record["state"])
@@ -44,24 +45,24 @@ def cancel(cmds: DramatiqCommands, message_id: str) -> dict[str, Any]:
                                 "nothing to cancel", {**base, "cancelled": False})
     held: tuple[str, str, bytes] | None = None  # (queue, where, body) of a message a worker has
     if adapter.ops.can_remove_waiting:
-        held, removed = _remove_from_redis(cmds, message_id, record, base)
+        held, removed = _remove_from_redis(adapter, message_id, record, base)
         if removed is not None:
             return removed
         if held is None:  # Redis keeps a message (taken or not) until it is acked: it is gone
             raise CommandFailed(f"cancel_task: message {message_id} is not in the broker (finished, purged, "
                                 "or never sent); nothing to cancel", {**base, "cancelled": False})
-    abortable = cmds.abortable()
+    abortable = find_abortable(adapter.broker)
     if abortable is None:
         raise CommandFailed(f"cancel_task: message {message_id} is held by a worker (prefetched or running); "
                             "stopping it needs dramatiq-abort's Abortable middleware on the broker; not cancelled",
                             {**base, "cancelled": False, "held_by_worker": True})
-    return _cancel_with_abortable(cmds, abortable, message_id, record, held, base)
+    return _cancel_with_abortable(adapter, abortable, message_id, record, held, base)
 
 
-def _remove_from_redis(cmds: DramatiqCommands, message_id: str, record: dict[str, Any] | None,
+def _remove_from_redis(adapter: DramatiqAdapterView, message_id: str, record: dict[str, Any] | None,
                        base: dict[str, Any]) -> tuple[tuple[str, str, bytes] | None, dict[str, Any] | None]:
-    ops = cmds.a.ops
-    queues = [record["queue"]] if record is not None else cmds.a.queues()
+    ops = adapter.ops
+    queues = [record["queue"]] if record is not None else adapter.queues()
     for queue in queues:
         try:
             found = ops.find(queue, message_id, record.get("redis_id") if record else None)
@@ -75,21 +76,21 @@ def _remove_from_redis(cmds: DramatiqCommands, message_id: str, record: dict[str
             return (queue, where, body), None  # fetched by a worker between our look and the removal
         fields = parse_body(body) or {}
         name = fields.get("actor_name") or base.get("task_name")
-        cmds.a.emit(EventKind.TASK_REVOKED.value, message_id, {"task_name": name, "queue": queue,
+        adapter.emit(EventKind.TASK_REVOKED.value, message_id, {"task_name": name, "queue": queue,
                                                                 "reason": "cancelled", "terminated": False})
-        if cmds.a.store is not None:
-            cmds.a.store.put(message_id, queue=queue, actor=name or "unknown", state=st.SKIPPED)
+        if adapter.store is not None:
+            adapter.store.put(message_id, queue=queue, actor=name or "unknown", state=st.SKIPPED)
         how = "removed from the delay queue" if where == "delayed" else "removed from the queue"
         return None, {**base, "queue": queue, "task_name": name, "cancelled": True, "terminated": False, "how": how}
     return None, None
 
 
-def _cancel_with_abortable(cmds: DramatiqCommands, abortable: Any, message_id: str, record: dict[str, Any] | None,
+def _cancel_with_abortable(adapter: DramatiqAdapterView, abortable: Any, message_id: str, record: dict[str, Any] | None,
                            held: tuple[str, str, bytes] | None, base: dict[str, Any]) -> dict[str, Any]:
     from dramatiq_abort.middleware import AbortMode
 
     eta_ms = _eta_ms(held[2]) if held is not None else None
-    ttl = cmds.a.cancel_ttl_seconds
+    ttl = adapter.cancel_ttl_seconds
     if eta_ms is not None:
         ttl = max(ttl, eta_ms / 1000.0 - time.time() + 3600.0)
     backend = abortable.backend
@@ -99,7 +100,7 @@ def _cancel_with_abortable(cmds: DramatiqCommands, abortable: Any, message_id: s
     except Exception as exc:  # noqa: BLE001
         raise CommandFailed(f"cancel_task: sending the cancel event failed: {type(exc).__name__}: {exc}",
                             {**base, "cancelled": False}) from None
-    deadline = time.monotonic() + cmds.a.cancel_wait_seconds
+    deadline = time.monotonic() + adapter.cancel_wait_seconds
     while time.monotonic() < deadline:
         if not backend.client.exists(key):
             return {**base, "cancelled": True, "terminated": False, "how": "skipped by the worker that took it"}
@@ -109,7 +110,7 @@ def _cancel_with_abortable(cmds: DramatiqCommands, abortable: Any, message_id: s
         if backend.client.delete(key) == 0:  # popped between our last look and the withdrawal
             return {**base, "cancelled": True, "terminated": False, "how": "skipped by the worker that took it"}
         raise CommandFailed(f"cancel_task: message {message_id} is running (or about to run) in a worker and was "
-                            f"not skipped within {cmds.a.cancel_wait_seconds:g} s; not cancelled",
+                            f"not skipped within {adapter.cancel_wait_seconds:g} s; not cancelled",
                             {**base, "cancelled": False, "running": True})
     return {**base, "cancelled": False, "cancel_pending": True, "expires_in_seconds": int(ttl),
             "note": "no worker running the agent has taken this message yet; the worker that takes it will skip it "

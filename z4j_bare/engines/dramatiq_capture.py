@@ -201,7 +201,7 @@ class DramatiqCapture:
     def _runtime(self, state: dict[str, Any], data: dict[str, Any]) -> float:
         t1 = state.get("t1") or time.time()
         if "t0" in state:
-            data["runtime_ms"] = max(0, int(round((t1 - state["t0"]) * 1000)))
+            data["runtime_ms"] = max(0, round((t1 - state["t0"]) * 1000))
         return t1
 
     def _succeeded(self, message: Any, state: dict[str, Any]) -> None:
@@ -334,7 +334,7 @@ def install_consumer_hook() -> None:
     from dramatiq import worker
 
     # dramatiq 2 names it ConsumerThread (keeping the old alias); dramatiq 1.x only _ConsumerThread.
-    ConsumerThread = getattr(worker, "ConsumerThread", None) or worker._ConsumerThread  # noqa: N806
+    ConsumerThread = getattr(worker, "ConsumerThread", None) or worker._ConsumerThread
     with _patch_lock:
         _active += 1
         if _patched:

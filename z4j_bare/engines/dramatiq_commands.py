@@ -12,15 +12,16 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..events import EventKind, occurred_at_text
+from ..events import EventKind
 from ..logs import get_logger
 from . import dramatiq_store as st
 from .base import CommandFailed, CommandRequest
 from .dramatiq_broker import BrokerError, parse_body
 from .dramatiq_capture import canonical_queue
+from .dramatiq_support import STORE_WAIT_SECONDS, original, record
 
 if TYPE_CHECKING:
-    from .dramatiq import DramatiqEngineAdapter
+    from .dramatiq_support import DramatiqAdapterView
 
 log = get_logger(__name__)
 
@@ -28,64 +29,14 @@ MAX_BULK = 10_000
 MAX_BULK_DETAILS = 200
 MAX_DLQ_PAGE = 200
 MAX_PURGE_EVENTS = 10_000
-#: Workers commit what they remember ~20 ms after the event that reported it: a command right
-#: after that event looks this long before it calls a message unknown.
-STORE_WAIT_SECONDS = 0.3
 #: Options that describe one delivery of a message, not the message: never carried to a retry.
 DELIVERY_OPTIONS = frozenset({"retries", "traceback", "requeue_timestamp", "redis_message_id", "eta",
                               "z4j_retry_of"})
 
 
 class DramatiqCommands:
-    def __init__(self, adapter: DramatiqEngineAdapter) -> None:
+    def __init__(self, adapter: DramatiqAdapterView) -> None:
         self.a = adapter
-
-    # -- helpers -------------------------------------------------------------------------------
-    def abortable(self) -> Any | None:
-        """dramatiq-abort's Abortable on this broker, when its backend can be observed (Redis)."""
-        try:
-            from dramatiq_abort import Abortable
-            from dramatiq_abort.backends import RedisBackend
-        except Exception:  # noqa: BLE001 - dramatiq-abort is optional
-            return None
-        for middleware in self.a.broker.middleware:
-            if isinstance(middleware, Abortable) and isinstance(middleware.backend, RedisBackend):
-                return middleware
-        return None
-
-    def _record(self, message_id: str, wait: float = STORE_WAIT_SECONDS) -> dict[str, Any] | None:
-        store = self.a.store
-        return store.get(message_id, wait=wait) if store is not None else None
-
-    def _scrub(self, text: str | None) -> str | None:
-        if text is None:
-            return None
-        sink = self.a.sink or self.a.family_sink
-        if sink is None:
-            from ..redaction import default_redactor
-
-            return default_redactor().scrub_text(text)
-        return sink.redactor.scrub_text(text)
-
-    def _original(self, message_id: str, wait: float = STORE_WAIT_SECONDS) -> tuple[Any | None, str, dict[str, Any] | None]:
-        """(Message, source, store record) of a message this agent can publish again."""
-        from dramatiq import Message
-
-        record = self._record(message_id, wait)
-        if record is not None and record.get("body"):
-            return Message.decode(record["body"]), "agent_store", record
-        if self.a.ops.kind == "redis":
-            queues = [record["queue"]] if record is not None else self.a.queues()
-            for queue in queues:
-                try:
-                    found = self.a.ops.find_dead(queue, message_id, record.get("redis_id") if record else None)
-                except BrokerError:
-                    continue
-                fields = parse_body(found[1]) if found is not None else None
-                if fields is not None:
-                    fields["args"] = tuple(fields.get("args") or ())
-                    return Message(**fields), "dead_letter_queue", record
-        return None, "", record
 
     # -- submit / retry -----------------------------------------------------------------------------
     def submit_task(self, request: CommandRequest) -> dict[str, Any]:
@@ -137,11 +88,11 @@ class DramatiqCommands:
             raise CommandFailed(f"{action}: override_args must be a list")
         if override_kwargs is not None and not isinstance(override_kwargs, dict):
             raise CommandFailed(f"{action}: override_kwargs must be an object")
-        original, source, record = self._original(message_id, wait)
-        if original is None:
-            if record is not None and not record.get("body"):
+        original_message, source, found = original(self.a, message_id, wait)
+        if original_message is None:
+            if found is not None and not found.get("body"):
                 raise CommandFailed(f"{action}: message {message_id} was seen but not remembered "
-                                    f"({record.get('error') or 'no body'}); pass override_args and override_kwargs")
+                                    f"({found.get('error') or 'no body'}); pass override_args and override_kwargs")
             if override_args is None or override_kwargs is None or not isinstance(task_name, str) or not task_name:
                 raise CommandFailed(
                     f"{action}: original message not known to this agent: {message_id} was not sent or taken by a "
@@ -152,23 +103,23 @@ class DramatiqCommands:
                 actor = self.a.broker.get_actor(task_name)
             except Exception:  # noqa: BLE001
                 raise CommandFailed(f"{action}: no actor named {task_name!r} is declared on this broker") from None
-            original, source = actor.message_with_options(args=(), kwargs={}), "overrides"
-            original = original.copy(message_id=message_id)
-        if isinstance(task_name, str) and task_name and task_name != original.actor_name:
-            raise CommandFailed(f"{action}: message {message_id} is actor {original.actor_name!r} here, "
+            original_message, source = actor.message_with_options(args=(), kwargs={}), "overrides"
+            original_message = original_message.copy(message_id=message_id)
+        if isinstance(task_name, str) and task_name and task_name != original_message.actor_name:
+            raise CommandFailed(f"{action}: message {message_id} is actor {original_message.actor_name!r} here, "
                                 f"not {task_name!r}; refusing to guess")
-        options = {k: v for k, v in original.options.items() if k not in DELIVERY_OPTIONS}
+        options = {k: v for k, v in original_message.options.items() if k not in DELIVERY_OPTIONS}
         options["z4j_retry_of"] = message_id
-        args = tuple(override_args) if override_args is not None else tuple(original.args)
-        kwargs = dict(override_kwargs) if override_kwargs is not None else dict(original.kwargs)
-        fresh = Message(queue_name=canonical_queue(original.queue_name), actor_name=original.actor_name,
+        args = tuple(override_args) if override_args is not None else tuple(original_message.args)
+        kwargs = dict(override_kwargs) if override_kwargs is not None else dict(original_message.kwargs)
+        fresh = Message(queue_name=canonical_queue(original_message.queue_name), actor_name=original_message.actor_name,
                         args=args, kwargs=kwargs, options=options)
         sent = self._enqueue(fresh, delay, action)
         result = {"new_task_id": sent.message_id, "task_name": sent.actor_name, "queue": fresh.queue_name,
                   "source": source, "original_task_id": message_id}
         if delay is not None:
             result["delay_ms"] = delay
-        if record is not None and record.get("state") == st.FAILED and self.a.ops.kind == "redis":
+        if found is not None and found.get("state") == st.FAILED and self.a.ops.kind == "redis":
             result["note"] = "the original stays in the dead-letter queue (requeue_dead_letter would run it again)"
         return result
 
@@ -209,7 +160,7 @@ class DramatiqCommands:
     def cancel_task(self, request: CommandRequest) -> dict[str, Any]:
         from .dramatiq_cancel import cancel
 
-        return cancel(self, request.require("task_id"))
+        return cancel(self.a, request.require("task_id"))
 
     # -- queues and dead letters ----------------------------------------------------------------------
     def purge_queue(self, request: CommandRequest) -> dict[str, Any]:
@@ -235,16 +186,16 @@ class DramatiqCommands:
     def list_dead_letters(self, request: CommandRequest) -> dict[str, Any]:
         from .dramatiq_deadletters import dead_letter_page
 
-        return dead_letter_page(self, request)
+        return dead_letter_page(self.a, request)
 
     def requeue_dead_letter(self, request: CommandRequest) -> dict[str, Any]:
         message_id = request.require("task_id")
         ops = self.a.ops
-        record = self._record(message_id)
-        queues = [record["queue"]] if record is not None else self.a.queues()
+        found_record = record(self.a, message_id)
+        queues = [found_record["queue"]] if found_record is not None else self.a.queues()
         for queue in queues:
             try:
-                found = ops.find_dead(queue, message_id, record.get("redis_id") if record else None)
+                found = ops.find_dead(queue, message_id, found_record.get("redis_id") if found_record else None)
             except BrokerError as exc:
                 raise CommandFailed(f"requeue_dead_letter: {exc}") from None
             if found is None:
@@ -255,17 +206,17 @@ class DramatiqCommands:
                                     f"{queue!r} before it could be requeued", {"task_id": message_id, "requeued": False})
             fields = parse_body(data) or {}
             self.a.emit(EventKind.TASK_RECEIVED.value, message_id,
-                        {"task_name": fields.get("actor_name") or (record or {}).get("actor"), "queue": queue,
+                        {"task_name": fields.get("actor_name") or (found_record or {}).get("actor"), "queue": queue,
                          "requeued_by": "requeue_dead_letter"})
             return {"task_id": message_id, "queue": queue, "source": "dead_letter_queue", "requeued": True}
         raise CommandFailed(f"requeue_dead_letter: message {message_id} is not in the dead-letter queue of "
-                            f"{'queue ' + repr(queues[0]) if record else 'any known queue'}",
+                            f"{'queue ' + repr(queues[0]) if found_record else 'any known queue'}",
                             {"task_id": message_id, "requeued": False})
 
     def reconcile_task(self, request: CommandRequest) -> dict[str, Any]:
         from .dramatiq_deadletters import reconcile
 
-        return reconcile(self, request.require("task_id"))
+        return reconcile(self.a, request.require("task_id"))
 
 
 def _delay_ms(eta: Any, eta_seconds: Any, action: str) -> int | None:
@@ -278,7 +229,3 @@ def _delay_ms(eta: Any, eta_seconds: Any, action: str) -> int | None:
             raise CommandFailed(f"{action}: 'eta_seconds' must be a non-negative number")
         return int(float(eta_seconds) * 1000) or None
     return None
-
-
-def iso(ts: float | None) -> str | None:
-    return occurred_at_text(ts) if ts is not None else None

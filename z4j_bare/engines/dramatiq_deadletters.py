@@ -13,29 +13,28 @@ from typing import TYPE_CHECKING, Any
 from .base import CommandFailed, CommandRequest
 from .dramatiq_broker import BrokerError, parse_body
 from .dramatiq_capture import _find_results
+from .dramatiq_support import STORE_WAIT_SECONDS, iso, record, scrub
 
 if TYPE_CHECKING:
-    from .dramatiq_commands import DramatiqCommands
+    from .dramatiq_support import DramatiqAdapterView
 
 MAX_DLQ_PAGE = 200
 
 
-def dead_letter_page(cmds: DramatiqCommands, request: CommandRequest) -> dict[str, Any]:
-    from .dramatiq_commands import iso
-
+def dead_letter_page(adapter: DramatiqAdapterView, request: CommandRequest) -> dict[str, Any]:
     limit = request.param("limit", 100)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise CommandFailed("list_dead_letters: limit must be a positive integer")
     limit = min(limit, MAX_DLQ_PAGE)
     queue = request.param("queue")
-    names = [queue] if isinstance(queue, str) and queue else cmds.a.queues()
-    ops = cmds.a.ops
+    names = [queue] if isinstance(queue, str) and queue else adapter.queues()
+    ops = adapter.ops
     try:
         counts = [ops.dead_count(name) for name in names]
     except BrokerError as exc:
         raise CommandFailed(f"list_dead_letters: {exc}") from None
     if ops.kind != "redis":
-        return {"entries": [], "next_cursor": None, "total": sum(counts), "engine": cmds.a.name,
+        return {"entries": [], "next_cursor": None, "total": sum(counts), "engine": adapter.name,
                 "by_queue": {n: c for n, c in zip(names, counts) if c},
                 "note": "RabbitMQ dead-letter queues cannot be read without consuming them: counts only"}
     start_q, offset = 0, 0
@@ -62,23 +61,21 @@ def dead_letter_page(cmds: DramatiqCommands, request: CommandRequest) -> dict[st
             next_cursor = f"0@{names[following]}"
             break
     parsed = [(name, rid, at, parse_body(body)) for name, rid, at, body in rows]
-    from .dramatiq_commands import STORE_WAIT_SECONDS
-
     ids = [f["message_id"] for *_, f in parsed if f]
-    known = cmds.a.store.get_many(ids, wait=STORE_WAIT_SECONDS) if cmds.a.store and ids else {}
+    known = adapter.store.get_many(ids, wait=STORE_WAIT_SECONDS) if adapter.store and ids else {}
     entries = []
     for name, rid, at, fields in parsed:
         if fields is None:
             entries.append({"task_id": rid, "task_name": "unknown", "queue": name, "failed_at": iso(at),
                             "error_excerpt": "message body is not JSON (custom encoder): not decoded", "attempts": 1})
             continue
-        record = known.get(fields["message_id"]) or {}
+        seen = known.get(fields["message_id"]) or {}
         options = fields.get("options") or {}
-        error = record.get("error") or _last_line(options.get("traceback"))
-        attempts = max(int(record.get("attempts") or 1), int(options.get("retries") or 0) + 1)
+        error = seen.get("error") or _last_line(options.get("traceback"))
+        attempts = max(int(seen.get("attempts") or 1), int(options.get("retries") or 0) + 1)
         entries.append({"task_id": fields["message_id"], "task_name": fields.get("actor_name") or "unknown",
-                        "queue": name, "failed_at": iso(at), "error_excerpt": cmds._scrub(error), "attempts": attempts})
-    return {"entries": entries, "next_cursor": next_cursor, "total": sum(counts), "engine": cmds.a.name}
+                        "queue": name, "failed_at": iso(at), "error_excerpt": scrub(adapter, error), "attempts": attempts})
+    return {"entries": entries, "next_cursor": next_cursor, "total": sum(counts), "engine": adapter.name}
 
 
 def _last_line(text: Any) -> str | None:
@@ -87,20 +84,20 @@ def _last_line(text: Any) -> str | None:
     return text.strip().splitlines()[-1][:500]
 
 
-def reconcile(cmds: DramatiqCommands, message_id: str) -> dict[str, Any]:
-    record = cmds._record(message_id)
+def reconcile(adapter: DramatiqAdapterView, message_id: str) -> dict[str, Any]:
+    found = record(adapter, message_id)
     out: dict[str, Any] = {"task_id": message_id, "engine_state": "unknown", "finished_at": None, "exception": None}
-    results = _find_results(cmds.a.broker)
-    if results is not None and record is not None:
-        answer = _from_results(results.backend, message_id, record)
+    results = _find_results(adapter.broker)
+    if results is not None and found is not None:
+        answer = _from_results(results.backend, message_id, found)
         if answer is not None:
             return {**out, **answer}
-    ops = cmds.a.ops
+    ops = adapter.ops
     if ops.kind == "redis":
-        queues = [record["queue"]] if record is not None else cmds.a.queues()
+        queues = [found["queue"]] if found is not None else adapter.queues()
         try:
             for queue in queues:
-                answer = _from_redis(ops, queue, message_id, record)
+                answer = _from_redis(ops, queue, message_id, found)
                 if answer is not None:
                     return {**out, **answer}
         except BrokerError as exc:
@@ -130,8 +127,6 @@ def _from_results(backend: Any, message_id: str, record: dict[str, Any]) -> dict
 
 
 def _from_redis(ops: Any, queue: str, message_id: str, record: dict[str, Any] | None) -> dict[str, Any] | None:
-    from .dramatiq_commands import iso
-
     redis_id = record.get("redis_id") if record else None
     found = ops.find(queue, message_id, redis_id)
     if found is not None:

@@ -21,12 +21,16 @@ from dramatiq.middleware import Middleware
 from ..logs import get_logger
 from ..safety import safe_call
 from . import dramatiq_family as family
-from .dramatiq_capture import DramatiqCapture, install_consumer_hook, uninstall_consumer_hook
+from .dramatiq_capture import (
+    DramatiqCapture,
+    install_consumer_hook,
+    uninstall_consumer_hook,
+)
 from .dramatiq_store import MessageStore
 
 if TYPE_CHECKING:
     from .base import EventSink
-    from .dramatiq import DramatiqEngineAdapter
+    from .dramatiq_support import DramatiqAdapterView
 
 log = get_logger(__name__)
 
@@ -34,7 +38,7 @@ log = get_logger(__name__)
 class Z4jMiddleware(Middleware):
     """Routes Dramatiq hooks to this process's ``DramatiqCapture`` (if any)."""
 
-    def __init__(self, adapter: DramatiqEngineAdapter) -> None:
+    def __init__(self, adapter: DramatiqAdapterView) -> None:
         self.adapter = adapter
         self.z4j_capture: DramatiqCapture | None = None
         self._lock = threading.Lock()

@@ -38,10 +38,10 @@ PRUNE_EVERY = 2000
 _INHERITED: list[sqlite3.Connection] = []
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS dramatiq_messages ("
-    " message_id TEXT PRIMARY KEY, seen_at REAL NOT NULL, queue TEXT NOT NULL, actor TEXT NOT NULL,"
-    " state TEXT NOT NULL, redis_id TEXT, attempts INTEGER NOT NULL DEFAULT 1, error TEXT,"
-    " body BLOB)",
+    ("CREATE TABLE IF NOT EXISTS dramatiq_messages ("
+     " message_id TEXT PRIMARY KEY, seen_at REAL NOT NULL, queue TEXT NOT NULL, actor TEXT NOT NULL,"
+     " state TEXT NOT NULL, redis_id TEXT, attempts INTEGER NOT NULL DEFAULT 1, error TEXT,"
+     " body BLOB)"),
     "CREATE INDEX IF NOT EXISTS dramatiq_messages_age ON dramatiq_messages(seen_at)",
 )
 _PUT = (
