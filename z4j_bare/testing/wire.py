@@ -10,10 +10,9 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from ..protocol import SessionBinding, compute_hmac, new_nonce, utc_now_text
+from ..protocol import SessionBinding, compute_hmac, new_nonce, utc_text
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -55,7 +54,7 @@ def past_ts(seconds: float, now: float | None = None) -> str:
 
 def wall_text(ts: float) -> str:
     """POSIX seconds as the envelope's timestamp text."""
-    return utc_now_text(datetime.fromtimestamp(ts, UTC))
+    return utc_text(ts)
 
 
 def harmless_ack_payload() -> dict[str, Any]:

@@ -18,12 +18,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ..logs import get_logger
-from ..protocol import utc_now_text
+from ..protocol import utc_text
 
 # The runtime's records keep the one logger name operators filter on.
 log = get_logger("z4j_bare.runtime")
@@ -70,7 +69,7 @@ class BrainClock:
 
     def now_text(self) -> str:
         """The brain's time now, in the envelope's timestamp form (what the signer stamps)."""
-        return utc_now_text(datetime.fromtimestamp(self.now(), UTC))
+        return utc_text(self.now())
 
     def to_brain(self, host_ts: float | None) -> float | None:
         """A host wall timestamp expressed on the brain's clock (status fields the brain compares)."""

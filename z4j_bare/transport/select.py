@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..logs import get_logger
+from ..protocol import utc_text
 from .base import TlsSettings, Transport, TransportError
 from .clock import BrainClock
 from .longpoll import LongPollTransport
@@ -30,7 +30,7 @@ WS_RETRY_SECONDS = 600.0
 
 
 def _wall(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc_text(ts)
 
 
 class TransportChoice:
