@@ -260,3 +260,11 @@ def test_package_exports_names_not_submodules():
     assert len(exported) == len(set(exported))
     assert all(hasattr(protocol_package, name) for name in exported)
     assert not [name for name in exported if type(getattr(protocol_package, name)).__name__ == "module"]
+
+
+def test_utc_timestamp_text_is_written_in_one_place():
+    # protocol/timestamps.py is the one definition; everything else calls utc_text / utc_now_text.
+    package = Path(protocol_package.__file__).resolve().parent.parent
+    spelled = [str(path.relative_to(package)) for path in package.rglob("*.py")
+               if 'strftime("%Y-%m-%dT' in path.read_text(encoding="utf-8")]
+    assert spelled == ["protocol/timestamps.py"]
