@@ -80,6 +80,40 @@ def test_a_frozen_brain_is_noticed_and_the_session_returns_when_it_answers(tmp_p
         assert all(e["retry_in_s"] < 2.0 for e in retried if "retry_in_s" in e), retried  # paced, not grown
 
 
+@pytest.mark.slow
+def test_a_frozen_brain_on_long_poll_is_noticed_at_the_defaults(tmp_path):
+    """Long-poll holds a command poll open for 30 s by design; the poll's own timeout (40 s) ends
+    the session with a frozen brain, within the 45 s, and timed-out probes are paced so the
+    session is back within seconds of the brain answering again."""
+    with BrainProcess(tmp_path / "brain") as brain:
+        engine = RecordingEngine()
+        config = Config.resolve(brain_url=brain.env["Z4J_BRAIN_URL"], token=brain.env["Z4J_TOKEN"],
+                                hmac_secret=brain.env["Z4J_HMAC_SECRET"], project_id=brain.env["Z4J_PROJECT_ID"],
+                                agent_id="00000000-0000-4000-8000-000000000000", transport="longpoll",
+                                home=str(tmp_path / "home"), stop_timeout=3.0)
+        runtime = build_runtime(config, [engine]).start()
+        try:
+            _wait(lambda: runtime.state is RuntimeState.RUNNING, 20, "the first session")
+            frozen_at = time.monotonic()
+            brain.freeze()
+            engine.emit_task("lp-frozen", "task.received")
+            noticed = _wait(lambda: not runtime.health()["connected"], 50, "health() to say not connected")
+            _wait(lambda: any(e["trigger"] == "session_lost" and "probe" in e.get("reason", "")
+                              for e in runtime.trace), 30, "a probe that timed out")
+            thawed_at = time.monotonic()
+            brain.thaw()
+            back = _wait(lambda: runtime.health()["connected"], 20, "the session to come back")
+            assert runtime.flush(10)
+        finally:
+            if brain.frozen:
+                brain.thaw()
+            runtime.stop()
+        assert noticed - frozen_at < 45.0
+        assert back - thawed_at < 5.0
+        waits = [e["retry_in_s"] for e in runtime.trace if "probe" in e.get("reason", "") and "retry_in_s" in e]
+        assert waits and max(waits) < 2.0, waits  # paced: each probe already waited its timeout
+
+
 def test_a_real_worker_reconnects_after_the_brain_was_frozen_and_loses_nothing(tmp_path):
     queue_name = harness.unique_queue("silent")
     conn = harness.connection()

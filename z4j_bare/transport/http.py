@@ -26,7 +26,12 @@ MAX_RESPONSE_BYTES = 64 * 2**20
 
 
 class HttpFailure(Exception):
-    """No HTTP answer at all (refused, reset, timed out, TLS failure)."""
+    """No HTTP answer at all (refused, reset, timed out, TLS failure). ``timed_out``: the request
+    waited its whole timeout (a brain that accepts connections but answers nothing)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class _Closed(Exception):
@@ -99,7 +104,8 @@ class HttpConnection:
         except ssl.SSLError as exc:
             raise HttpFailure(f"TLS failure: {exc.reason or type(exc).__name__}") from None
         except OSError as exc:
-            raise HttpFailure(f"cannot connect: {type(exc).__name__}: {exc}") from None
+            raise HttpFailure(f"cannot connect: {type(exc).__name__}: {exc}",
+                              timed_out=isinstance(exc, TimeoutError)) from None
         self._used_at = time.monotonic()
 
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
@@ -139,7 +145,7 @@ class HttpConnection:
             raise HttpFailure(f"TLS failure: {exc.reason or type(exc).__name__}") from None
         except TimeoutError:
             self.close()
-            raise HttpFailure(f"no answer within {conn.timeout:g} s") from None
+            raise HttpFailure(f"no answer within {conn.timeout:g} s", timed_out=True) from None
         except (http.client.HTTPException, OSError) as exc:
             self.close()
             raise HttpFailure(f"request failed: {type(exc).__name__}: {exc}") from None

@@ -120,7 +120,7 @@ class LongPollTransport(Transport):
         try:
             self._http.connect()
         except HttpFailure as exc:
-            raise TransportError(f"cannot reach the brain's long-poll API: {exc}") from None
+            raise TransportError(f"cannot reach the brain's long-poll API: {exc}", timed_out=exc.timed_out) from None
 
     def handshake(self, hello: Mapping[str, Any], timeout: float) -> SessionInfo:
         info = self.establish(hello, timeout)
@@ -254,7 +254,7 @@ class LongPollTransport(Transport):
                 answer = self._http.request("GET", f"{COMMANDS_PATH}?wait=0&max_frames={max_frames}",
                                             self._headers, timeout=timeout)
             except HttpFailure as exc:
-                raise TransportError(f"long-poll probe failed: {exc}") from None
+                raise TransportError(f"long-poll probe failed: {exc}", timed_out=exc.timed_out) from None
             if answer.status == 200:
                 return answer
             if answer.status != 422:
