@@ -51,6 +51,8 @@ class Liveness:
         self._owed_since: float | None = None
         self._owed_for = ""
         self._next_ping = now + self.ping_every
+        # The limit as the I/O thread last judged it: health() reads this, never the outbox.
+        self.last_limit = self.base_limit + self.quiet_seconds
 
     def __repr__(self) -> str:
         return (f"Liveness(limit={self.limit:.1f}s, owed_since={self._owed_since}, "
@@ -89,6 +91,7 @@ class Liveness:
         if self._owed_since is not None and at >= self._owed_since:
             self.longest_answer = max(self.longest_answer, at - self._owed_since)
             self._owed_since = None
+            self.last_limit = self.limit
 
     # -- what it says ------------------------------------------------------------------------------
     def verdict(self, now: float | None = None) -> str | None:
@@ -97,6 +100,7 @@ class Liveness:
             return None
         now = self._clock() if now is None else now
         owed, limit = now - self._owed_since, self.limit
+        self.last_limit = limit
         if owed < limit:
             return None
         return (f"the brain stopped answering: nothing came back for {owed:.1f} s after {self._owed_for} "
@@ -104,11 +108,13 @@ class Liveness:
                 f"{self.longest_answer:.1f} s)")
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        """For health(): seconds since the brain was last heard, how long an answer has been owed."""
+        """For health() (any thread): seconds since the brain was last heard, how long an answer
+        has been owed, and the limit as last judged."""
         now = self._clock() if now is None else now
+        owed_since = self._owed_since
         return {
             "heard_seconds_ago": round(max(0.0, now - self.last_heard), 3),
-            "answer_owed_seconds": None if self._owed_since is None else round(now - self._owed_since, 3),
-            "limit_seconds": round(self.limit, 3),
+            "answer_owed_seconds": None if owed_since is None else round(now - owed_since, 3),
+            "limit_seconds": round(self.last_limit, 3),
             "longest_answer_seconds": round(self.longest_answer, 3),
         }
