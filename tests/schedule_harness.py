@@ -1,8 +1,9 @@
 """Frame-level harness: the agent's ScheduleChannel against the local brain's schedule logic.
 
-No sockets: ``pump`` hands event_batch frames to the brain side, which answers with acks (or
-withholds them) exactly as it does behind the WebSocket. Used by the channel tests; the
-adapters and the runtime are tested for real elsewhere.
+No sockets: the channel is wired to a real ``ControlFrames`` (the runtime's control path) as the
+runtime wires it; ``pump`` hands the event_batch frames it sends to the brain side, which answers
+with acks (or withholds them) exactly as it does behind the WebSocket. Used by the channel tests;
+the adapters and the runtime are tested for real elsewhere.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from z4j_bare.buffer import BufferStore
+from z4j_bare.controls import ControlFrames
 from z4j_bare.engines.base import CommandFailed
 from z4j_bare.schedules.channel import ScheduleChannel
 from z4j_bare.schedules.model import CommandResult, Schedule, SchedulerAdapter
@@ -75,12 +78,21 @@ class MemoryAdapter(SchedulerAdapter):
         self.sink = sink
 
 
+@dataclass(frozen=True)
+class FakeSession:
+    """What a channel reads of the runtime's SessionInfo."""
+
+    session_id: str
+    max_frame: int
+
+
 @dataclass
 class Link:
     """One agent channel talking to one brain-side schedule registry over a fake session."""
 
     channel: ScheduleChannel
     brain: BrainSchedules
+    controls: ControlFrames
     session_id: str = ""
     dispositions: list[str] = field(default_factory=list)
     withheld: list[str] = field(default_factory=list)
@@ -90,7 +102,8 @@ class Link:
 
     def open_session(self, max_frame: int = 1_048_576) -> list[tuple[str, Any, str | None]]:
         self.session_id = str(uuid.uuid4())
-        self.channel.session_opened(max_frame)
+        self.controls.reset()
+        self.channel.session_changed(FakeSession(self.session_id, max_frame))
         out = []
         hello = self.channel.hello_fields()
         for target, params in self.brain.on_hello(PROJECT, self.session_id, hello):
@@ -99,7 +112,7 @@ class Link:
 
     def close_session(self) -> None:
         self.brain.on_session_closed(self.session_id)
-        self.channel.session_closed()
+        self.channel.session_changed(None)
 
     def command(self, action: str, params: dict, target: dict) -> tuple[str, Any, str | None]:
         command_id = str(uuid.uuid4())
@@ -115,14 +128,12 @@ class Link:
         return outcome
 
     def pump(self) -> int:
+        """Send what the control path has queued to the brain side; settle what it acks."""
         sent = []
-
-        def sign(frame_id: str, texts: list[str]) -> bytes:
-            return json.dumps({"id": frame_id, "events": [json.loads(t) for t in texts]}).encode()
-
-        self.channel.pump(sign, sent.append)
-        for raw in sent:
-            batch = json.loads(raw)
+        self.controls.pump(sent.append)
+        for frame in sent:
+            assert frame.type == "event_batch" and frame.events is not None
+            batch = {"id": frame.id, "events": [json.loads(t) for t in frame.events]}
             self.batches.append(batch)
             withhold = False
             for event in batch["events"]:
@@ -135,7 +146,7 @@ class Link:
             if withhold:
                 self.withheld.append(batch["id"])
             else:
-                self.channel.on_ack(batch["id"])
+                self.controls.settle(frame.key)
         return len(sent)
 
     def stream(self, owner: str):
@@ -148,8 +159,12 @@ class Link:
         return next(r for r in self.rows() if r["name"] == name)
 
 
-def make_link(tmp_path, adapters, brain: BrainSchedules | None = None, redactor=None, store_name="s.sqlite") -> Link:
+def make_link(tmp_path, adapters, brain: BrainSchedules | None = None, redactor=None, store_name="s.sqlite",
+              clock=None, **channel_options: Any) -> Link:
     store = ScheduleStore(tmp_path / store_name)
-    channel = ScheduleChannel(adapters, store, redactor, send_wait=0.0)
+    channel = ScheduleChannel(adapters, store, redactor, **channel_options)
+    controls = ControlFrames(BufferStore(tmp_path / f"buffer-{uuid.uuid4().hex[:8]}.sqlite"),
+                             **({"clock": clock} if clock is not None else {}))
+    channel.emit = controls.emit
     channel.start()
-    return Link(channel, brain or BrainSchedules())
+    return Link(channel, brain or BrainSchedules(), controls)

@@ -115,3 +115,81 @@ def test_a_frame_emitted_twice_is_sent_once(buffer):
     controls.emit("command_ack", "c1", {})
     controls.pump(wire)
     assert len(wire.sent) == 1
+
+
+class Frames(Wire):
+    """Keeps the Outgoing frames themselves (their events texts too)."""
+
+    def __call__(self, frame):
+        super().__call__(frame)
+        self.frames.append(frame)
+
+    def __init__(self):
+        super().__init__()
+        self.frames = []
+
+
+def test_a_frame_its_producer_keeps_writes_no_row_and_calls_back_once_delivered(buffer):
+    controls, wire, receipts = ControlFrames(buffer), Frames(), []
+    controls.emit("command_ack", "c1", {})
+    texts = ['{"id":"e1","kind":"schedule.snapshot"}', '{"id":"e2","kind":"schedule.snapshot"}']
+    controls.emit("event_batch", "ev_kept", events=texts, settled=receipts.append)
+    controls.emit("command_result", "c1", {"status": "success"})
+    assert [r.kind for r in _control_rows(buffer)] == ["command_ack", "command_result"]  # no row for the kept frame
+    assert controls.pump(wire) == 3
+    assert [f.id for f in wire.frames] == ["c1", "ev_kept", "c1"]  # one FIFO: the result after the frame before it
+    assert wire.frames[1].events == tuple(texts)  # spliced as they are, never re-encoded
+    assert not controls.idle and controls.pending == 3
+    controls.settle(("command_ack", "c1"))
+    controls.settle(("command_result", "c1"))
+    assert receipts == [] and not controls.idle
+    controls.settle(("event_batch", "ev_kept"))
+    assert receipts == [True] and controls.idle and controls.delivered == 3
+
+
+def test_a_kept_frame_belongs_to_its_session(buffer):
+    controls, wire, receipts = ControlFrames(buffer), Wire(), []
+    controls.emit("event_batch", "ev_sent", events=["{}"], settled=receipts.append)
+    controls.pump(wire)
+    controls.emit("event_batch", "ev_queued", events=["{}"], settled=receipts.append)
+    controls.emit("command_ack", "c1", {})
+    controls.reset()  # a new session: the brain fenced whatever the kept frames were bound to
+    wire.sent.clear()
+    controls.pump(wire)
+    assert [i for _, i, _ in wire.sent] == ["c1"] and receipts == []  # forgotten, not called back
+    assert controls.settle(("event_batch", "ev_sent")) is False  # a late receipt is not ours any more
+    controls.emit("event_batch", "ev_sent", events=["{}"], settled=receipts.append)  # its producer may send it again
+    assert controls.pump(wire) == 1
+
+
+def test_a_kept_frame_has_its_own_resend_time_and_a_refusal_is_reported_to_its_producer(buffer):
+    clock, wire, receipts = Clock(), Wire(), []
+    controls = ControlFrames(buffer, resend_after=90, clock=clock)
+    controls.emit("event_batch", "ev_k", events=["{}"], settled=receipts.append, resend_after=20)
+    controls.emit("event_batch", "ev_b", {"events": []})
+    controls.pump(wire)
+    clock.now = 20
+    assert controls.pump(wire) == 1 and wire.sent[-1][1] == "ev_k"
+    controls.settle(("event_batch", "ev_k"), delivered=False, reason="signed frame over the brain's limit")
+    assert receipts == [False] and controls.rejected == 1
+    assert buffer.telemetry_loss()["content_rejected_frames"] == 1
+
+
+def test_a_failing_callback_is_logged_not_raised(buffer):
+    controls, wire = ControlFrames(buffer), Wire()
+
+    def broken(_delivered):
+        raise RuntimeError("producer bug")
+
+    controls.emit("event_batch", "ev_x", events=["{}"], settled=broken)
+    controls.pump(wire)
+    assert controls.settle(("event_batch", "ev_x")) is True and controls.idle
+
+
+def test_an_event_batch_given_as_texts_is_durable_as_its_events(buffer):
+    controls, wire = ControlFrames(buffer), Frames()
+    controls.emit("event_batch", "ev_t", events=['{"id":"e1"}'])
+    [row] = _control_rows(buffer)
+    assert json.loads(row.body)["payload"] == {"events": [{"id": "e1"}]}  # a later process can send it
+    controls.pump(wire)
+    assert wire.frames[0].events == ('{"id":"e1"}',)

@@ -53,9 +53,6 @@ TESTING_MAY_IMPORT = ("protocol", "logs", "testing")
 # these lists only shrink.
 KNOWN_UP_ARROWS: Mapping[tuple[str, str], str] = {}
 KNOWN_CYCLES: Mapping[frozenset[str], str] = {
-    # The schedule channel and its command handlers import each other (some inside functions).
-    frozenset({"schedules.channel", "schedules.control", "schedules.handlers", "schedules.mutate"}):
-        "schedules engineer",
     # Type-only back-references to the owner (under TYPE_CHECKING): a small Protocol next to the
     # helper, which the owner satisfies, removes each.
     frozenset({"lifecycle", "runtime", "session"}): "runtime engineer",

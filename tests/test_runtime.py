@@ -429,6 +429,74 @@ def test_a_registered_channel_extends_hello_takes_its_frames_and_sends_through_t
     assert channel.sessions[0] and channel.sessions[-1] is None
 
 
+class CommandsChannel:
+    """A channel whose traffic is commands: the command channel runs them for it (ack, dedupe,
+    redacted result), and the runtime starts, stops and reports it."""
+
+    def __init__(self):
+        self.calls, self.events = [], []
+
+    def hello_fields(self):
+        return {"runtime_features": ["tally_v1"]}
+
+    def handles(self, frame):
+        return False
+
+    def handle(self, frame):
+        raise AssertionError("not offered: it handles nothing")
+
+    def session_changed(self, session):
+        pass
+
+    def executes(self, action):
+        return action.startswith("tally.")
+
+    def execute(self, action, parameters, target):
+        from z4j_bare.engines.base import CommandFailed, Redacted
+
+        self.calls.append(action)
+        if action == "tally.fail":
+            raise CommandFailed("tally refused", {"why": "asked to"})
+        if action == "tally.redacted":
+            return Redacted({"password": "kept-as-produced"})
+        return {"password": "hunter2", "count": len(self.calls)}
+
+    def start(self):
+        self.events.append("start")
+
+    def stop(self):
+        self.events.append("stop")
+
+    def health_fields(self):
+        return {"tally": {"calls": len(self.calls)}, "state": "overridden?"}
+
+
+def test_a_channel_executes_its_commands_through_the_command_channel(brain):
+    creds = brain.mint_agent()
+    engine = RecordingEngine()
+    runtime = _runtime(creds, [engine])
+    channel = CommandsChannel()
+    runtime.add_frame_handler(channel)
+    runtime.start()
+    try:
+        assert channel.events == ["start"]
+        brain.wait_for_agent_online(creds.agent_id)
+        ok = brain.wait_for_command(brain.send_command("tally.count", {}, agent_id=creds.agent_id, target={}), timeout=15)
+        assert ok.status == "completed" and ok.acked and ok.result == {"password": "[REDACTED]", "count": 1}
+        failed = brain.wait_for_command(brain.send_command("tally.fail", {}, agent_id=creds.agent_id, target={}),
+                                        timeout=15)
+        assert failed.status == "failed" and failed.error == "tally refused" and failed.result == {"why": "asked to"}
+        kept = brain.wait_for_command(brain.send_command("tally.redacted", {}, agent_id=creds.agent_id, target={}),
+                                      timeout=15)
+        assert kept.result == {"password": "kept-as-produced"}  # its producer redacted it: sent as it is
+        assert channel.calls == ["tally.count", "tally.fail", "tally.redacted"] and engine.calls == []
+        health = runtime.health()
+        assert health["tally"] == {"calls": 3} and health["state"] == "running"  # never replaces a runtime key
+    finally:
+        runtime.stop()
+    assert channel.events == ["start", "stop"]
+
+
 def test_add_frame_handler_refuses_an_object_that_is_not_one(brain):
     runtime = _runtime(brain.mint_agent(), [RecordingEngine()])
     with pytest.raises(TypeError, match="lacks handles, handle, session_changed"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from schedule_harness import MemoryAdapter, make_link
+from schedule_harness import FakeSession, MemoryAdapter, make_link
 
 from z4j_bare.protocol.schedules import RUNTIME_FEATURE, external_digest
 from z4j_bare.redaction import Redactor
@@ -35,7 +35,7 @@ def test_hello_advertises_schedulers_capabilities_and_the_feature(link):
 
 
 def test_nothing_is_sent_before_activation(link, memory):
-    link.channel.session_opened(1_048_576)
+    link.channel.session_changed(FakeSession("s1", 1_048_576))
     memory.sink("created", None)
     assert link.channel.execute("schedule.resync", {}, {"type": "project", "id": "default"}) == {"schedulers_drained": 1}
     assert link.pump() == 0 and link.batches == []
@@ -133,7 +133,7 @@ def test_a_bad_row_is_left_out_and_the_stream_keeps_going(link, memory):
     memory.add("mem-dup", name="memory-nightly")
     [(status, result, _)] = link.open_session()
     assert status == "success" and result["schedule_count"] == 2
-    assert link.channel.health()["bars-memory"]["rows_left_out"] == 2
+    assert link.channel.health_fields()["schedulers"]["bars-memory"]["rows_left_out"] == 2
     link.command("schedule.resync", {}, {"type": "project", "id": "default"})
     assert link.stream("bars-memory").accepted == 2
 
@@ -252,15 +252,9 @@ def test_a_polled_scheduler_sends_a_snapshot_only_when_its_rows_change(tmp_path)
 def test_periodic_resync_and_coalesced_signals(tmp_path):
     import time
 
-    from z4j_bare.schedules.channel import ScheduleChannel
-
     adapter = MemoryAdapter()
     adapter.add("a", name="first")
-    lk = make_link(tmp_path, [adapter])
-    lk.channel.stop()
-    lk.channel = ScheduleChannel([adapter], ScheduleStore(tmp_path / "p.sqlite"), None, periodic_seconds=0.3,
-                                 send_wait=0.0)
-    lk.channel.start()
+    lk = make_link(tmp_path, [adapter], store_name="p.sqlite", periodic_seconds=0.3)
     try:
         lk.open_session()
         deadline = time.monotonic() + 10
@@ -280,7 +274,7 @@ def test_a_burst_of_signals_coalesces_into_one_observation(link, memory):
     link.open_session()
     for i in range(5):
         memory.add(f"s{i}", name=f"signalled-{i}")
-    with link.channel._states["bars-memory"].lock:  # a running observation: the burst piles up behind it
+    with link.channel.streams.states["bars-memory"].lock:  # a running observation: the burst piles up behind it
         for _ in range(5):
             memory.sink("created", None)
     deadline = time.monotonic() + 10
@@ -296,21 +290,24 @@ def test_a_burst_of_signals_coalesces_into_one_observation(link, memory):
 
 
 def test_an_unacked_snapshot_is_sent_again(tmp_path, memory):
-    from z4j_bare.schedules.outbound import ScheduleOutbox
+    from z4j_bare.schedules.outbound import RESEND_AFTER_SECONDS
 
-    lk = make_link(tmp_path, [memory])
+    now = [0.0]
+    lk = make_link(tmp_path, [memory], clock=lambda: now[0])
     try:
-        now = [0.0]
-        lk.channel.outbox = ScheduleOutbox(lk.channel.store, resend_after=5.0, clock=lambda: now[0])
         lk.open_session()
-        link_brain = lk.brain
         sent = []
         lk.channel.snapshot("bars-memory", "periodic")
-        lk.channel.pump(lambda fid, texts: fid.encode(), sent.append)  # "lost": the brain never sees it
-        assert len(sent) == 1 and lk.channel.pump(lambda fid, texts: fid.encode(), sent.append) == 0
-        now[0] = 6.0
-        assert lk.channel.pump(lambda fid, texts: fid.encode(), sent.append) == 1 and sent[1] == sent[0]
-        assert link_brain.stream("default", "bars-memory").accepted == 1
+        lk.controls.pump(sent.append)  # "lost": the brain never sees it
+        assert len(sent) == 1 and lk.controls.pump(sent.append) == 0
+        now[0] = RESEND_AFTER_SECONDS + 1  # sooner than the runtime's default for other frames
+        assert lk.controls.pump(sent.append) == 1 and sent[1] == sent[0]
+        assert lk.brain.stream("default", "bars-memory").accepted == 1
+        lk.pump()  # nothing left queued: the resend is still awaiting its ack
+        assert lk.stream("bars-memory").accepted == 1 and lk.channel.store.pending_count() == 2  # rows + terminal
+        now[0] = 2 * RESEND_AFTER_SECONDS + 2
+        lk.pump()  # sent again and acked this time: the store's copy is gone
+        assert lk.stream("bars-memory").accepted == 2 and lk.channel.store.pending_count() == 0
     finally:
         lk.channel.stop()
 

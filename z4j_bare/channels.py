@@ -11,18 +11,37 @@ A channel is an object with four methods, registered before the runtime starts::
 * ``handles(frame) -> bool`` and ``handle(frame)``: every verified inbound frame other than the
   runtime's own (``event_batch_ack``, ``error``) is offered to the channels in registration
   order; the first that ``handles`` it gets ``handle(frame)``, the rest go to the command
-  channel. The frame is passed whole, not just its type, because schedule traffic arrives as
-  ``command`` frames told apart by ``payload.action``. Both run on the I/O thread: return at
-  once (hand slow work to a thread of your own). An exception is logged and the frame dropped;
-  it never ends the session.
+  channel. The frame is passed whole, not just its type, because a channel's traffic may
+  arrive as ``command`` frames told apart by ``payload.action``. Both run on the I/O thread:
+  return at once (hand slow work to a thread of your own). An exception is logged and the frame
+  dropped; it never ends the session.
 * ``session_changed(session)``: called with the new session's ``SessionInfo`` after each
   handshake, and with ``None`` when the session ends (its frames in flight will be sent again
-  in the next session; a channel whose frames are tied to one session reacts here).
+  in the next session, except those the channel keeps itself: see ``settled`` below).
 
-``emit(frame_type, frame_id, payload, *, row_kind=None)`` (returned by ``add_frame_handler``,
-callable from any thread) sends a signed frame on the same reliable path as command acks and
-results (``controls.ControlFrames``): durable first, ahead of the event backlog, deleted only
-once delivered, sent again after a reconnect. ``row_kind`` names the buffer row's kind.
+Optional members, used when present:
+
+* ``executes(action) -> bool`` and ``execute(action, parameters, target) -> dict``: commands
+  the channel carries out through the command channel, which keeps what every command needs
+  (the ack at once, dedupe, the deadline, a redacted ``command_result``). ``execute`` runs on
+  a command worker; it returns the result or raises ``engines.base.CommandFailed``. A result
+  the channel redacted itself is returned as ``engines.base.Redacted`` (sent as it is).
+* ``start()`` / ``stop()``: called by ``runtime.start()`` and, once the session is over and the
+  command workers are shut down, by ``runtime.stop()`` (threads, signal receivers, files).
+* ``health_fields() -> Mapping``: merged into ``runtime.health()`` (keys the runtime has are
+  never replaced).
+
+``emit(frame_type, frame_id, payload=None, *, row_kind=None, events=None, settled=None,
+resend_after=None)`` (returned by ``add_frame_handler``, callable from any thread) sends a
+signed frame on the same reliable path as command acks and results (``controls.ControlFrames``):
+one FIFO queue ahead of the event backlog, so a frame emitted before another is sent before it.
+By default the frame is durable first (a buffer row), deleted only once delivered, and sent
+again after a reconnect; ``row_kind`` names the buffer row's kind. ``events`` carries an
+``event_batch``'s events as canonical JSON texts. A channel whose frames must be durable in
+its own store (written in the same transaction as its own state) passes ``settled``: no buffer
+row; ``settled(delivered)`` comes with the brain's receipt; the frame lives in the session it
+was emitted in (the next session forgets it without a call back). ``resend_after`` shortens
+the wait for a receipt before the frame goes again.
 """
 
 from __future__ import annotations
@@ -108,6 +127,40 @@ def offer(handlers: Iterable[FrameHandler], frame: Frame) -> bool:
 def _failed(method: str, handler: Any, frame: Frame, exc: Exception) -> None:
     log.error("channels.handler_failed", handler=type(handler).__name__, method=method,
               frame_type=frame.type.value, error_type=type(exc).__name__)
+
+
+def executors(handlers: Iterable[FrameHandler]) -> list[FrameHandler]:
+    """The handlers that also carry out commands (``executes`` and ``execute``)."""
+    return [h for h in handlers if callable(getattr(h, "executes", None)) and callable(getattr(h, "execute", None))]
+
+
+def call_each(handlers: Iterable[FrameHandler], method: str) -> None:
+    """``handler.method()`` for every handler that has it; a failure is logged, never raised."""
+    for handler in handlers:
+        hook = getattr(handler, method, None)
+        if not callable(hook):
+            continue
+        try:
+            hook()
+        except Exception as exc:  # noqa: BLE001 - one channel's failure must not stop the agent
+            log.error("channels.hook_failed", handler=type(handler).__name__, method=method,
+                      error_type=type(exc).__name__, error=str(exc)[:200])
+
+
+def merge_health(base: dict[str, Any], handlers: Iterable[FrameHandler]) -> dict[str, Any]:
+    """``base`` with every handler's ``health_fields()`` added (base keys are never replaced)."""
+    for handler in handlers:
+        hook = getattr(handler, "health_fields", None)
+        if not callable(hook):
+            continue
+        try:
+            fields = dict(hook() or {})
+        except Exception as exc:  # noqa: BLE001 - health() is called by probes: it never raises
+            log.error("channels.health_fields_failed", handler=type(handler).__name__, error_type=type(exc).__name__)
+            continue
+        for key, value in fields.items():
+            base.setdefault(key, value)
+    return base
 
 
 def notify_session(handlers: Iterable[FrameHandler], session: Any) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .commands_pool import DaemonPool
-from .engines.base import CommandFailed, CommandRequest, EngineAdapter
+from .engines.base import CommandFailed, CommandRequest, EngineAdapter, Redacted
 from .events import EventKind
 from .logs import get_logger
 from .orchestrator import detect_orchestrator
@@ -77,8 +77,9 @@ class CommandChannel:
         return f"CommandChannel(engines={sorted(self._engines)}, inflight={len(self._inflight)})"
 
     def add_executor(self, executor: Any) -> None:
-        """Route the actions ``executor.handles(action)`` claims to ``executor.execute(action,
-        parameters, target)`` (the schedule channel); acks, dedupe, deadline and results stay here."""
+        """Route the actions ``executor.executes(action)`` claims to ``executor.execute(action,
+        parameters, target)`` (a channel's commands: see ``channels.py``); acks, dedupe, deadline
+        and results stay here."""
         self._executors.append(executor)
 
     # -- intake (I/O thread) -----------------------------------------------------------------
@@ -155,7 +156,7 @@ class CommandChannel:
         if not action:
             raise CommandFailed("command has no action")
         for executor in self._executors:
-            if executor.handles(action):
+            if executor.executes(action):
                 return executor.execute(action, params, target)
         if action.startswith("schedule.") and action != "schedule.fire":
             raise CommandFailed(f"unrecognized schedule action {action!r}: this agent hosts no scheduler")
@@ -245,8 +246,10 @@ class CommandChannel:
     def _result(self, command_id: str, claim: str | None, status: str, result: dict | None, error: str | None) -> None:
         if self._redactor is not None:
             # An adapter's exception text can carry a broker URL with its password, a result
-            # can carry task data: they leave the host like events do, scrubbed.
-            result = self._redactor.scrub(result) if result is not None else None
+            # can carry task data: they leave the host like events do, scrubbed (once: a result
+            # its producer redacted itself is marked Redacted).
+            if result is not None and not isinstance(result, Redacted):
+                result = self._redactor.scrub(result)
             error = self._redactor.scrub_text(error) if error is not None else None
         self._emit(FrameType.COMMAND_RESULT.value, command_id,
                    {"status": status, "result": result, "error": error, "delivery_claim_token": claim})

@@ -17,6 +17,12 @@ event backlog: ``command_ack``, ``command_result``, and whatever registered chan
   delete it); a row nobody queued (a previous process's, or an adopted orphan buffer's) is
   queued for sending.
 * ``reset`` (new session): frames sent but not confirmed go back to the front of the queue.
+
+A producer that must make a frame durable itself (the schedule channel writes a snapshot's
+frames in the same transaction that reserves its sequence) passes ``settled=``: no buffer row is
+written, ``settled(delivered)`` is called with the receipt (then the producer removes its copy),
+and the frame belongs to the session it was emitted in: a new session forgets it without
+calling back, and the producer, which still has its copy, decides what to send next.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import json
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,17 +71,24 @@ def parse_control_row(kind: str, body: str) -> tuple[FrameKey, dict[str, Any]]:
     return (frame_type, frame_id), payload
 
 
+#: ``settled(delivered)``: the receipt of a frame its producer keeps durable itself.
+Settled = Callable[[bool], None]
+
+
 @dataclass(slots=True)
 class _Control:
     key: FrameKey
     payload: dict[str, Any]
+    events: tuple[str, ...] | None = None
+    settled: Settled | None = None
+    resend_after: float | None = None
     row_ids: list[int] = field(default_factory=list)
     sent_at: float = 0.0
     sends: int = 0
 
     @property
     def frame(self) -> Outgoing:
-        return Outgoing(self.key[0], self.key[1], self.payload)
+        return Outgoing(self.key[0], self.key[1], self.payload, self.events)
 
 
 class ControlFrames:
@@ -105,18 +118,28 @@ class ControlFrames:
         return len(self._known)
 
     # -- producers (any thread) --------------------------------------------------------------
-    def emit(self, frame_type: str, frame_id: str, payload: dict[str, Any], *, row_kind: str | None = None) -> None:
+    def emit(self, frame_type: str, frame_id: str, payload: dict[str, Any] | None = None, *,
+             row_kind: str | None = None, events: Sequence[str] | None = None, settled: Settled | None = None,
+             resend_after: float | None = None) -> None:
         """Make a control frame durable, then queue it ahead of the event backlog.
 
         ``row_kind`` is the buffer row's kind (it decides how eviction counts the row);
-        default: the frame type. A frame whose buffer write fails is still sent from memory."""
+        default: the frame type. A frame whose buffer write fails is still sent from memory.
+        ``events``: an event_batch's events as canonical JSON texts, sent as they are.
+        ``settled``: the producer keeps the frame durable itself (module docstring).
+        ``resend_after``: seconds without a receipt before it goes again (default: the runtime's)."""
         key = (str(frame_type), str(frame_id))
         with self._lock:
             if key in self._known:
                 return  # produced twice (a duplicate delivery of one command): one frame is enough
-            control = _Control(key, payload)
+            control = _Control(key, dict(payload or {}), None if events is None else tuple(events), settled,
+                               resend_after)
             self._known[key] = control
-        self._buffer.append(row_kind or key[0], control_row(key[0], key[1], payload))
+            if settled is not None:
+                self._queue.append(control)
+                return
+        body = control.payload if events is None else {"events": [json.loads(text) for text in events]}
+        self._buffer.append(row_kind or key[0], control_row(key[0], key[1], body))
         with self._lock:
             self._queue.append(control)
 
@@ -173,7 +196,7 @@ class ControlFrames:
     def _resend_overdue(self, send: Send) -> int:
         now = self._clock()
         with self._lock:
-            overdue = [c for c in self._sent.values() if now - c.sent_at >= self._resend_after]
+            overdue = [c for c in self._sent.values() if now - c.sent_at >= (c.resend_after or self._resend_after)]
         for control in overdue:
             send(control.frame)
             control.sent_at = now
@@ -188,11 +211,13 @@ class ControlFrames:
             if control is None:
                 return False
             rows = list(control.row_ids)
-            if not rows:
+            if not rows and control.settled is None:
                 self._settled_unseen[key] = None
                 while len(self._settled_unseen) > MAX_SETTLED_UNSEEN:
                     self._settled_unseen.popitem(last=False)
-        if delivered:
+        if control.settled is not None:
+            self._call_back(control, delivered, reason)
+        elif delivered:
             self.delivered += 1
             if rows:
                 self._buffer.delete(rows)
@@ -202,12 +227,29 @@ class ControlFrames:
             self._known.pop(key, None)
         return True
 
+    def _call_back(self, control: _Control, delivered: bool, reason: str | None) -> None:
+        if delivered:
+            self.delivered += 1
+        else:
+            self._drop_rows([], reason or "refused by the brain", count=1)
+        try:
+            control.settled(delivered)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - a producer's bug must not end the session
+            log.error("controls.settled_callback_failed", frame_type=control.key[0], error_type=type(exc).__name__)
+
     def reset(self) -> None:
-        """New session: what was sent but not confirmed goes out again first, in sending order."""
+        """New session: what was sent but not confirmed goes out again first, in sending order.
+        Frames kept by their producer (``settled=``) belonged to the old session: forgotten."""
         with self._lock:
             unconfirmed = sorted(self._sent.values(), key=lambda c: c.sent_at)
             self._sent.clear()
-            self._queue.extendleft(reversed(unconfirmed))
+            kept = [c for c in unconfirmed if c.settled is not None] + [c for c in self._queue if c.settled is not None]
+            self._queue = deque(c for c in self._queue if c.settled is None)
+            self._queue.extendleft(reversed([c for c in unconfirmed if c.settled is None]))
+            for control in kept:
+                self._known.pop(control.key, None)
+        if kept:
+            log.info("controls.session_frames_forgotten", frames=len(kept))
 
     def _drop_rows(self, ids: list[int], reason: str, count: int | None = None) -> None:
         if ids:

@@ -182,8 +182,6 @@ class Lifecycle:
         self.session = Session(self._rt, transport, info)
         self._rt.outbox.reset(info.max_frame)
         self._rt.controls.reset()
-        if self._rt.schedules is not None:
-            self._rt.schedules.session_opened(info.max_frame)
         log.info("runtime.session_open", transport=transport.name, session_id=info.session_id,
                  brain_version=info.brain_version, heartbeat_s=info.heartbeat_interval, max_frame=info.max_frame)
         notify_session(self._rt.handlers, info)
@@ -231,8 +229,6 @@ class Lifecycle:
     def _end_session(self, code: int) -> None:
         if self.session is not None:
             self.session = None
-            if self._rt.schedules is not None:
-                self._rt.schedules.session_closed()
             notify_session(self._rt.handlers, None)
         self._close_transport(code)
 

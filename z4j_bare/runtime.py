@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .backoff import Backoff
-from .channels import Emit, FrameHandler, check_handler, merge_hello
+from .channels import Emit, FrameHandler, call_each, check_handler, executors, merge_health, merge_hello
 from .commands import CommandChannel
 from .controls import ControlFrames
 from .engines.base import EngineAdapter, EventSink
@@ -94,9 +94,8 @@ class AgentRuntime:
             timeout=config.command_timeout_seconds, dedupe_ttl=config.command_dedupe_ttl_seconds,
             purge_threshold=config.purge_threshold, orchestrated=config.orchestrated, redactor=redactor,
         )
-        self.schedules = _schedule_channel(schedulers, buffer, redactor)
-        if self.schedules is not None:
-            self.commands.add_executor(self.schedules)
+        if schedulers:
+            _add_schedule_channel(self, schedulers)
         self._health = HealthCollector(self.engines, interval=config.heartbeat_seconds)
         #: The brain's clock as measured at each connect (signatures, replay checks, status times).
         self.clock = BrainClock()
@@ -122,11 +121,6 @@ class AgentRuntime:
     def handlers(self) -> tuple[FrameHandler, ...]:
         return tuple(self._handlers)
 
-    @property
-    def hello_sources(self) -> list[Any]:
-        """Everything that adds fields to hello: the schedule channel, then registered channels."""
-        return ([self.schedules] if self.schedules is not None else []) + self._handlers
-
     def start(self) -> AgentRuntime:
         with self._lifecycle_lock:
             if self._thread is not None or self.stopping.is_set():
@@ -136,8 +130,7 @@ class AgentRuntime:
             for name, adapter in self.engines.items():
                 adapter.attach(self.sinks[name])
             safe_call(self.buffer.adopt_orphans, site="runtime.adopt_orphans")
-            if self.schedules is not None:
-                self.schedules.start()
+            call_each(self._handlers, "start")
             self._health.start()
             self._thread = threading.Thread(target=self.lifecycle.run, name="z4j-agent-io", daemon=True)
             self._thread.start()
@@ -179,8 +172,7 @@ class AgentRuntime:
                 safe_call(adapter.detach, site="runtime.detach")
             self._health.stop()
             self.commands.shutdown()
-            if self.schedules is not None:
-                safe_call(self.schedules.stop, site="runtime.stop_schedules")
+            call_each(self._handlers, "stop")
             safe_call(self.buffer.checkpoint, site="runtime.checkpoint")
         left = self.buffer.depth_after_ingest()
         drained = left == 0
@@ -204,12 +196,15 @@ class AgentRuntime:
 
     def add_frame_handler(self, handler: FrameHandler) -> Emit:
         """Register a channel of its own on the session (see ``z4j_bare.channels``) before start();
-        returns its ``emit(frame_type, frame_id, payload, *, row_kind=None)``."""
+        returns its ``emit(frame_type, frame_id, payload=None, *, row_kind=None, events=None,
+        settled=None, resend_after=None)``."""
         check_handler(handler)
         with self._lifecycle_lock:
             if self._thread is not None or self.stopping.is_set():
                 raise RuntimeError("add_frame_handler() must be called before the runtime starts")
             self._handlers.append(handler)
+            for executor in executors([handler]):
+                self.commands.add_executor(executor)
         return self.controls.emit
 
     def health(self) -> dict[str, Any]:
@@ -219,7 +214,7 @@ class AgentRuntime:
         session_age = time.monotonic() - session.since if session is not None else None
         stats = self.outbox.stats
         loss = self.buffer.telemetry_loss()
-        return {
+        return merge_health({
             "state": self.state.value,
             "alive": bool(self._thread and self._thread.is_alive()),
             "connected": self.state is RuntimeState.RUNNING,
@@ -245,9 +240,8 @@ class AgentRuntime:
             "last_failure": life.last_failure,
             "loss": loss,
             "dropped_events": dropped_events(loss),
-            "schedulers": self.schedules.health() if self.schedules is not None else {},
             "trace": self.trace[-10:],
-        }
+        }, self._handlers)
 
     # -- what the I/O thread asks for ------------------------------------------------------------
     @property
@@ -292,7 +286,7 @@ class AgentRuntime:
             "worker_pid": self._owner_pid,
             "worker_started_at": wall_text(self._started_wall),
             "runtime_features": features,
-        }, self.hello_sources)
+        }, self._handlers)
 
     def status_frames(self, session: Session) -> list[Outgoing]:
         """The heartbeat and agent_status frames of one heartbeat tick."""
@@ -319,7 +313,7 @@ class AgentRuntime:
             "agent_version": COMPAT_AGENT_VERSION,
             "protocol_version": PROTOCOL_VERSION_TEXT,
             "engines": list(self.engines),
-            "schedulers": list(self.hello_payload().get("schedulers", [])) if self.hello_sources else [],
+            "schedulers": list(self.hello_payload().get("schedulers", [])) if self._handlers else [],
             # Additive (brain 1.13 ignores fields it does not know): the skew this agent corrects for.
             "clock_skew_seconds": self.clock.snapshot()["skew_seconds"],
         })
@@ -333,12 +327,9 @@ def dropped_events(loss: dict[str, Any]) -> int:
     return int(loss["event_records"])
 
 
-def _schedule_channel(schedulers: Sequence[Any] | None, buffer: BufferStore, redactor: Redactor) -> Any:
-    """The schedule channel for ``schedulers=`` (None without any): its store sits beside the buffer."""
-    if not schedulers:
-        return None
-    from .schedules.channel import ScheduleChannel, check_adapters
-    from .schedules.store import ScheduleStore
+def _add_schedule_channel(runtime: AgentRuntime, schedulers: Sequence[Any]) -> None:
+    """``schedulers=``: the schedule channel, registered like any other channel."""
+    from .schedules.channel import ScheduleChannel
 
-    check_adapters(schedulers)
-    return ScheduleChannel(schedulers, ScheduleStore.beside(buffer.path), redactor)
+    channel = ScheduleChannel.beside(runtime.buffer.path, schedulers, runtime.redactor)
+    channel.emit = runtime.add_frame_handler(channel)

@@ -102,13 +102,6 @@ class Session:
 
     def _send_controls(self) -> None:
         self._rt.controls.pump(self.transport.send, resend=self._resend)
-        schedules = self._rt.schedules
-        if schedules is not None:  # its snapshot frames go after the command acks/results, in commit order
-            schedules.pump(self._event_batch, self.transport.send)
-
-    @staticmethod
-    def _event_batch(frame_id: str, events: list[str]) -> Outgoing:
-        return Outgoing(FrameType.EVENT_BATCH.value, frame_id, events=events)
 
     def _receive(self, timeout: float) -> None:
         item = self._next(timeout)
@@ -140,9 +133,6 @@ class Session:
             return
         if self._rt.controls.settle(receipt.key, delivered=receipt.delivered, reason=receipt.reason):
             return
-        schedules = self._rt.schedules
-        if frame_type == FrameType.EVENT_BATCH.value and receipt.delivered and schedules is not None:
-            schedules.on_ack(frame_id)
         # Heartbeats and agent_status have no owner: nothing to settle.
 
     def _dispatch(self, frame: Frame) -> None:

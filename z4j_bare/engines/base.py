@@ -61,6 +61,15 @@ class CommandFailed(Exception):
         self.result = result
 
 
+class Redacted(dict):  # type: ignore[type-arg]
+    """A command result its producer already redacted with the agent's redactor: the command
+    channel sends it as it is. A second pass is not a no-op on large values (the redactor's work
+    cap can cut an already-redacted list at another place), and some results must match, byte
+    for byte, what the agent sent elsewhere (a schedule mutation receipt and its snapshot)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class CommandRequest:
     command_id: str

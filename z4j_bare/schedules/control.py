@@ -29,7 +29,7 @@ from .observe import iso_now, resolve
 from .store import Authority, StoreError
 
 if TYPE_CHECKING:
-    from .channel import ScheduleChannel, _AdapterState
+    from .streams import AdapterState, ScheduleStreams
 
 log = get_logger(__name__)
 
@@ -44,9 +44,9 @@ class ControlError(Exception):
     pass
 
 
-def control(channel: ScheduleChannel, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+def control(streams: ScheduleStreams, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return _control(channel, params)
+        return _control(streams, params)
     except CommandFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - the protocol wants the type and message
@@ -55,7 +55,7 @@ def control(channel: ScheduleChannel, params: Mapping[str, Any], target: Mapping
         raise CommandFailed(f"schedule.external.control: {type(exc).__name__}: {exc}") from None
 
 
-def _control(channel: ScheduleChannel, p: Mapping[str, Any]) -> dict[str, Any]:
+def _control(streams: ScheduleStreams, p: Mapping[str, Any]) -> dict[str, Any]:
     if set(p) != CONTROL_KEYS:
         raise ControlError("external control fields are not the closed protocol vocabulary")
     owner = p["scheduler"]
@@ -69,13 +69,13 @@ def _control(channel: ScheduleChannel, p: Mapping[str, Any]) -> dict[str, Any]:
         raise ControlError("external control schedule_id must equal its source_key")
     if not positive_int(p["epoch_number"]) or not positive_int(p["expected_accepted_sequence"], 0):
         raise ControlError("external control epoch_number/expected_accepted_sequence are not valid integers")
-    state = channel.state(owner)
+    state = streams.state(owner)
     desired = normalize_external_schedule(p["desired_projection"], owner)
     if desired["source_key"] != source_key or external_digest(desired) != p["desired_projection_digest"]:
         raise ControlError("external control desired projection does not match its digest or source key")
     if not is_digest(p["expected_projection_digest"]):
         raise ControlError("external control expected_projection_digest is not a sha256 hex digest")
-    auth = channel.current(owner)
+    auth = streams.current(owner)
     if auth is None or (auth.stream_id, auth.epoch_uuid, auth.epoch_number, auth.adapter_instance_id) != (
             p["stream_id"], p["epoch_uuid"], p["epoch_number"], p["adapter_instance_id"]):
         raise ControlError("external control does not bind the current stream authority")
@@ -83,7 +83,7 @@ def _control(channel: ScheduleChannel, p: Mapping[str, Any]) -> dict[str, Any]:
     identity = external_digest({k: p[k] for k in sorted(CONTROL_KEYS)})
     with state.lock:
         try:
-            status = channel.store.reserve_control(auth, p["operation_id"], identity, expected)
+            status = streams.store.reserve_control(auth, p["operation_id"], identity, expected)
         except StoreError as exc:
             raise ControlError(str(exc)) from None
         if status == "published":
@@ -92,22 +92,21 @@ def _control(channel: ScheduleChannel, p: Mapping[str, Any]) -> dict[str, Any]:
         try:
             observed = _apply(state, source_key, desired, p["expected_projection_digest"])
         except Exception:
-            channel.store.release_control(p["operation_id"])
+            streams.store.release_control(p["operation_id"])
             raise
-        frames = _publish(channel, auth, p["operation_id"], expected, observed)
-    channel.wait_sent(frames)
+        _publish(streams, auth, p["operation_id"], expected, observed)
     return {"operation_id": p["operation_id"], "sequence": expected + 1, "projection_buffered": True,
             "deduplicated": False}
 
 
-def _observe_one(state: _AdapterState, source_key: str) -> dict[str, Any]:
+def _observe_one(state: AdapterState, source_key: str) -> dict[str, Any]:
     schedule = resolve(state.adapter.get_schedule(source_key))
     if schedule is None:
         raise ControlError("external control result schedule is missing")
     return state.project(schedule)
 
 
-def _apply(state: _AdapterState, source_key: str, desired: dict[str, Any], expected_digest: str) -> dict[str, Any]:
+def _apply(state: AdapterState, source_key: str, desired: dict[str, Any], expected_digest: str) -> dict[str, Any]:
     prior = _observe_one(state, source_key)
     if external_digest(prior) == expected_digest:
         method = state.adapter.enable_schedule if desired["is_enabled"] else state.adapter.disable_schedule
@@ -124,8 +123,8 @@ def _apply(state: _AdapterState, source_key: str, desired: dict[str, Any], expec
     return observed
 
 
-def _publish(channel: ScheduleChannel, auth: Authority, operation_id: str, expected: int,
-             observed: dict[str, Any]) -> list[Any]:
+def _publish(streams: ScheduleStreams, auth: Authority, operation_id: str, expected: int,
+             observed: dict[str, Any]) -> None:
     body = projection_body(
         stream_id=auth.stream_id, epoch_uuid=auth.epoch_uuid, epoch_number=auth.epoch_number, sequence=expected + 1,
         kind="control", owner=auth.owner, source_scope=auth.source_scope, adapter_instance_id=auth.adapter_instance_id,
@@ -133,8 +132,7 @@ def _publish(channel: ScheduleChannel, auth: Authority, operation_id: str, expec
     )
     text = encode_event(control_event(body, event_id=str(uuid.uuid4()), occurred_at=iso_now()))
     try:
-        frames = channel.store.publish_control(auth, operation_id, expected, text)
+        frames = streams.store.publish_control(auth, operation_id, expected, text)
     except StoreError as exc:
         raise ControlError(str(exc)) from None
-    channel.enqueue(auth, frames)
-    return frames
+    streams.send(auth, frames)

@@ -1,7 +1,9 @@
 """The ``schedule.*`` commands: activation, resync and the legacy per-schedule actions.
 
-Control and mutation have their own modules. Every handler returns the result dict or raises
-``CommandFailed``; the command channel turns that into ``command_result``.
+Control and mutation have their own modules; ``channel.ScheduleChannel.execute`` picks the
+handler. Every handler returns the result dict or raises ``CommandFailed``; the command channel
+turns that into ``command_result``. A handler that buffers frames returns once they are handed
+to the runtime's control path: the result is queued behind them, so it never overtakes them.
 """
 
 from __future__ import annotations
@@ -19,30 +21,12 @@ from .observe import resolve
 from .store import Authority, StoreError
 
 if TYPE_CHECKING:
-    from .channel import ScheduleChannel
+    from .streams import ScheduleStreams
 
 log = get_logger(__name__)
 
 LEGACY = {"schedule.enable": "enable_schedule", "schedule.disable": "disable_schedule",
           "schedule.trigger_now": "trigger_now", "schedule.delete": "delete_schedule"}
-
-
-def dispatch(channel: ScheduleChannel, action: str, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
-    if action == "schedule.external.activate":
-        return activate(channel, params, target)
-    if action == "schedule.external.control":
-        from .control import control
-
-        return control(channel, params, target)
-    if action == "schedule.external.mutate":
-        from .mutate import mutate
-
-        return mutate(channel, params, target)
-    if action == "schedule.resync":
-        return resync(channel)
-    if action in LEGACY:
-        return legacy(channel, action, params, target)
-    raise CommandFailed(f"unrecognized schedule action {action!r}")
 
 
 def is_uuid(value: Any) -> bool:
@@ -59,10 +43,10 @@ def positive_int(value: Any, minimum: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def activate(channel: ScheduleChannel, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
-    session = channel.session_number()
+def activate(streams: ScheduleStreams, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+    session = streams.session_number()
     owner = str(target.get("scheduler") or params.get("scheduler") or params.get("owner") or "")
-    state = channel.state(owner)
+    state = streams.state(owner)
     try:
         expected_scope = scope_of(owner)
     except ExternalScheduleProtocolError as exc:
@@ -78,51 +62,46 @@ def activate(channel: ScheduleChannel, params: Mapping[str, Any], target: Mappin
                        params["adapter_instance_id"])
     with state.lock:
         try:
-            auth = channel.store.activate(wanted)
+            auth = streams.store.activate(wanted)
         except StoreError as exc:
             raise CommandFailed(str(exc)) from None
-        if not channel.bind(owner, auth, session):
+        if not streams.bind(owner, auth, session):
             raise CommandFailed("external activation arrived in a session that has ended")
         try:
-            summary = channel.snapshot(owner, "activation")
+            summary = streams.snapshot(owner, "activation")
         except Exception as exc:  # noqa: BLE001 - any failure: forget the authority, say so
-            channel.unbind(owner, auth)
-            channel.store.forget(auth)
+            streams.unbind(owner, auth)
+            streams.store.forget(auth)
             raise CommandFailed(f"external activation snapshot was not durably buffered: {type(exc).__name__}: "
                                 f"{str(exc)[:300]}") from None
     if summary is None:
         raise CommandFailed("external activation snapshot was not durably buffered: the session ended")
-    frames = summary.pop("frames")
-    channel.wait_sent(frames)
     log.info("schedules.activated", scheduler=owner, epoch_number=auth.epoch_number, rows=summary["schedule_count"])
     return summary
 
 
-def resync(channel: ScheduleChannel) -> dict[str, Any]:
+def resync(streams: ScheduleStreams) -> dict[str, Any]:
     drained = 0
     failures = []
-    for owner in channel.names:
+    for owner in streams.names:
         drained += 1
         try:
-            summary = channel.snapshot(owner, "command")
+            streams.snapshot(owner, "command")
         except Exception as exc:  # noqa: BLE001 - one unreadable scheduler does not stop the others
             failures.append(f"{owner}: {type(exc).__name__}: {str(exc)[:200]}")
-            continue
-        if summary is not None:
-            channel.wait_sent(summary.pop("frames"))
     if failures:
         raise CommandFailed("schedule.resync could not observe " + "; ".join(failures), {"schedulers_drained": drained})
     return {"schedulers_drained": drained}
 
 
-def legacy(channel: ScheduleChannel, action: str, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+def legacy(streams: ScheduleStreams, action: str, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
     owner = target.get("scheduler") or params.get("scheduler")
     if not owner:
-        if len(channel.names) != 1:
+        if len(streams.names) != 1:
             raise CommandFailed(f"no scheduler adapter registered for {action} without a scheduler name "
-                                f"(this agent hosts {channel.names})")
-        owner = channel.names[0]
-    state = channel.state(str(owner))
+                                f"(this agent hosts {streams.names})")
+        owner = streams.names[0]
+    state = streams.state(str(owner))
     schedule_id = params.get("schedule_id") or target.get("schedule_id") or target.get("id")
     if not isinstance(schedule_id, str) or not schedule_id:
         raise CommandFailed("target.schedule_id required")
@@ -132,13 +111,13 @@ def legacy(channel: ScheduleChannel, action: str, params: Mapping[str, Any], tar
     if not result.succeeded:
         raise CommandFailed(result.error or f"{action} failed", result.result)
     if action != "schedule.trigger_now":
-        channel_resnapshot(channel, str(owner), f"command:{action}")
+        resnapshot(streams, str(owner), f"command:{action}")
     return dict(result.result or {})
 
 
-def channel_resnapshot(channel: ScheduleChannel, owner: str, reason: str) -> None:
+def resnapshot(streams: ScheduleStreams, owner: str, reason: str) -> None:
     """After a change made outside the protocol, show the brain the new inventory (if streaming)."""
     try:
-        channel.snapshot(owner, reason)
+        streams.snapshot(owner, reason)
     except Exception as exc:  # noqa: BLE001 - the change landed; the next observation will show it
         log.warning("schedules.observation_failed", scheduler=owner, reason=reason, error=str(exc)[:300])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..engines.base import CommandFailed
+from ..engines.base import CommandFailed, Redacted
 from ..logs import get_logger
 from ..protocol.schedules import (
     CAP_MUTATION,
@@ -20,14 +20,14 @@ from ..protocol.schedules import (
     external_schedule_configuration,
     normalize_external_schedule,
 )
-from .channel import capabilities_of
 from .handlers import is_uuid
 from .model import ConflictError, NativeScheduleError, as_command_result
 from .observe import resolve
 from .store import StoreError
+from .streams import capabilities_of
 
 if TYPE_CHECKING:
-    from .channel import ScheduleChannel, _AdapterState
+    from .streams import AdapterState, ScheduleStreams
 
 log = get_logger(__name__)
 
@@ -42,10 +42,10 @@ class MutationFailed(Exception):
     """Failed after the effect may have started."""
 
 
-def mutate(channel: ScheduleChannel, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+def mutate(streams: ScheduleStreams, params: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
     operation = params.get("operation")
     try:
-        return _mutate(channel, params, target)
+        return _mutate(streams, params, target)
     except MutationRefused as exc:
         raise CommandFailed(str(exc), {"indeterminate": False, "operation": operation}) from None
     except CommandFailed as exc:
@@ -56,7 +56,7 @@ def mutate(channel: ScheduleChannel, params: Mapping[str, Any], target: Mapping[
         raise CommandFailed(str(exc) or type(exc).__name__, {"indeterminate": True, "operation": operation}) from None
 
 
-def _mutate(channel: ScheduleChannel, p: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+def _mutate(streams: ScheduleStreams, p: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
     owner = p.get("scheduler")
     if not isinstance(owner, str) or not owner or owner != target.get("scheduler") or p.get("owner") != owner:
         raise MutationRefused("native mutation scheduler does not match its target")
@@ -65,7 +65,7 @@ def _mutate(channel: ScheduleChannel, p: Mapping[str, Any], target: Mapping[str,
     operation = p.get("operation")
     if operation not in OPERATIONS:
         raise MutationRefused(f"native mutation operation {operation!r} is unknown")
-    state = channel.state(owner)
+    state = streams.state(owner)
     caps = capabilities_of(state.adapter)
     if operation == "trigger" and "trigger_now" not in caps:
         raise MutationRefused(f"{owner} cannot trigger schedules")
@@ -76,44 +76,48 @@ def _mutate(channel: ScheduleChannel, p: Mapping[str, Any], target: Mapping[str,
         raise MutationRefused("native mutation definition has fields outside the editable set")
     digest = external_digest(dict(p))
     with state.lock:
-        auth = channel.current(owner)
+        auth = streams.current(owner)
         binding = (p.get("stream_id"), p.get("epoch_uuid"), p.get("epoch_number"), p.get("adapter_instance_id"),
                    p.get("source_scope"))
         if auth is None or binding != (auth.stream_id, auth.epoch_uuid, auth.epoch_number, auth.adapter_instance_id,
                                        auth.source_scope):
             raise MutationRefused("native mutation does not bind the current stream authority")
         try:
-            stored = channel.store.claim_mutation(owner, p["operation_id"], digest)
+            stored = streams.store.claim_mutation(owner, p["operation_id"], digest)
         except StoreError as exc:
             raise MutationRefused(str(exc)) from None
         if stored is not None:
-            return stored
+            return Redacted(stored)
         try:
             row, trigger_result = _effect(state, operation, p)
         except (MutationRefused, ConflictError, NativeScheduleError, NotImplementedError) as exc:
-            channel.store.drop_claim(p["operation_id"])  # nothing happened: a retry may try again
+            streams.store.drop_claim(p["operation_id"])  # nothing happened: a retry may try again
             raise MutationRefused(str(exc) or type(exc).__name__) from None
         try:
-            summary = channel.snapshot(owner, f"native-mutation:{p['operation_id']}")
+            summary = streams.snapshot(owner, f"native-mutation:{p['operation_id']}")
         except Exception as exc:  # noqa: BLE001
             raise MutationFailed(f"native write may have committed; confirmation could not be buffered "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
         if summary is None:
             raise MutationFailed("native write may have committed; confirmation could not be buffered "
                                  "(the stream authority ended)")
-        frames = summary.pop("frames")
         projected = state.project(row) if row is not None else None
         receipt = {**summary, "operation_id": p["operation_id"],
                    "source_key": projected["source_key"] if projected else p.get("schedule_id"),
                    "observed_configuration": external_schedule_configuration(projected) if projected else None}
         if trigger_result is not None:
-            receipt["trigger_result"] = trigger_result
-        channel.store.finish_mutation(p["operation_id"], receipt)
-    channel.wait_sent(frames)
-    return receipt
+            receipt["trigger_result"] = _scrubbed(streams, trigger_result)
+        streams.store.finish_mutation(p["operation_id"], receipt)
+    # Redacted already: observed_configuration is the projection (args/kwargs scrubbed once, as in
+    # the snapshot it must match, schedules.md 7.3); a second pass could cut it elsewhere.
+    return Redacted(receipt)
 
 
-def _effect(state: _AdapterState, operation: str, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+def _scrubbed(streams: ScheduleStreams, value: dict[str, Any]) -> dict[str, Any]:
+    return streams.redactor.scrub(value) if streams.redactor is not None else value
+
+
+def _effect(state: AdapterState, operation: str, p: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
     schedule_id, expected = p.get("schedule_id"), p.get("expected")
     if operation == "create":
         if schedule_id is not None or expected is not None:
@@ -131,7 +135,7 @@ def _effect(state: _AdapterState, operation: str, p: Mapping[str, Any]) -> tuple
     return row, None
 
 
-def _trigger(state: _AdapterState, schedule_id: str, expected: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _trigger(state: AdapterState, schedule_id: str, expected: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     try:
         row = resolve(state.adapter.get_schedule(schedule_id))
     except Exception as exc:  # noqa: BLE001
