@@ -198,7 +198,7 @@ def test_cancel_waiting_running_and_delayed_messages(brain, app, cmd):
     assert harness.marker_value("cancel-delayed") == 0
 
     rec = run(brain, cmd, "cancel_task", {"task_id": running.message_id})
-    assert rec.status == "failed" and "already ended" in rec.error
+    assert rec.status == "failed" and "nothing to cancel" in rec.error and rec.result["cancelled"] is False
 
 
 def test_purge_with_confirm_token(brain, app, cmd):

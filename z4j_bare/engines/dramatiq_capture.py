@@ -71,10 +71,14 @@ class DramatiqCapture:
     """Builds and emits events for one broker in one process. Hooks are called by the middleware."""
 
     def __init__(self, sink: EventSink, broker: Any, *, store: st.MessageStore | None = None,
-                 capture_args: bool = True, capture_results: bool | None = None, worker_side: bool = False) -> None:
+                 capture_args: bool = True, capture_results: bool | None = None, worker_side: bool = False,
+                 remember_successes: bool = True) -> None:
         self.sink = sink
         self.broker = broker
         self.store = store
+        # A success is worth a store write only where the broker cannot say a message is gone
+        # (Redis can: cancel and reconcile ask it): one row write per message instead of two.
+        self.remember_successes = remember_successes
         self.capture_args = capture_args
         self.capture_results = capture_results
         self.worker_side = worker_side
@@ -210,7 +214,8 @@ class DramatiqCapture:
         if self._wants_result(message):
             data["result"] = state.get("result")
         self.sink.emit(EventKind.TASK_SUCCEEDED.value, message.message_id, data, at)
-        self._remember(message, st.SUCCEEDED, state.get("attempt"))
+        if self.remember_successes:
+            self._remember(message, st.SUCCEEDED, state.get("attempt"))
 
     def _retried(self, message: Any, state: dict[str, Any], exception: BaseException) -> None:
         delay, retries, eta = state["retry"]
