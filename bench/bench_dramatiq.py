@@ -9,7 +9,10 @@
    agent, waits until a message reached the brain), then N messages are pushed onto the queue in
    one pipeline (the broker's own layout: the message hash and the id list); the clock runs until
    every message is acked (Redis holds no message of the queue any more), polled every 2 ms.
-   Per message = that time / N; overhead = median with agent - median without.
+   Per message = that time / N; overhead = median with agent - median without. Because wall time
+   on this shared machine swings with other people's load, the CPU time of the two worker
+   processes over the burst (``/proc/<pid>/stat``) is reported too, per message, and with the
+   agent the CPU of the agent process until the brain stored every event (delivery).
 2. Delivered events/s to the real z4j 1.13.0 brain: the ceiling probe (bench/ceiling_probe.py)
    right before, then the same command with the agent on a fresh project; N messages pushed at
    once, clock until ``GET /tasks?state=success`` counts N. Events per message are counted on
@@ -81,6 +84,32 @@ class Command:
         except ProcessLookupError:
             pass
         self.proc.wait(5)
+
+
+def _stat(pid: int) -> tuple[int, float, int]:
+    """(ppid, user+system CPU seconds, start time in ticks) of a process."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, int(fields[19])
+
+
+def children(pid: int) -> list[int]:
+    """The supervisor's children, oldest first: the worker processes, then fork processes."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid, _, start = _stat(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append((start, int(entry)))
+    return [p for _, p in sorted(found)]
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(_stat(p)[1] for p in pids)
 
 
 class Queue:
@@ -158,14 +187,20 @@ def overhead_run(agent: str, brain: BrainProc, n: int) -> dict[str, Any]:
     cmd = Command(agent, creds, namespace, home)
     try:
         _warm_up(q, cmd, target)
+        procs = children(cmd.proc.pid)
+        workers, forks = procs[:2], procs[2:]
         events_before = target.events("dramatiq") if target is not None else 0
+        cpu_workers, cpu_forks = cpu_of(workers), cpu_of(forks)
         t0 = q.push(n)
         t1 = q.wait_drained(300, f"burst ({agent})", cmd)
+        worker_cpu = cpu_of(workers) - cpu_workers
         out: dict[str, Any] = {"agent": agent, "messages": n, "seconds": round(t1 - t0, 3),
-                               "ms_per_message": round((t1 - t0) * 1000 / n, 4)}
+                               "ms_per_message": round((t1 - t0) * 1000 / n, 4),
+                               "worker_cpu_us_per_message": round(worker_cpu * 1e6 / n, 1)}
         if target is not None:
             if not target.wait_succeeded("dramatiq", n, 120):
                 raise RuntimeError(f"the local brain did not get every message\n{cmd.log()}")
+            out["agent_cpu_us_per_message"] = round((cpu_of(forks) - cpu_forks) * 1e6 / n, 1)
             time.sleep(0.5)
             out["events_per_message"] = round((target.events("dramatiq") - events_before) / n, 3)
         return out
@@ -223,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     per = {a: [r["ms_per_message"] for r in result["runs"] if r["agent"] == a] for a in ("none", "ours")}
     med = {a: statistics.median(v) for a, v in per.items()}
     result["median_ms_per_message"] = med
+    cpu = {a: statistics.median(r["worker_cpu_us_per_message"] for r in result["runs"] if r["agent"] == a)
+           for a in ("none", "ours")}
+    result["median_worker_cpu_us_per_message"] = cpu
+    result["added_worker_cpu_us_per_message"] = round(cpu["ours"] - cpu["none"], 1)
+    result["agent_process_cpu_us_per_message"] = statistics.median(
+        r["agent_cpu_us_per_message"] for r in result["runs"] if r["agent"] == "ours")
     result["added_us_per_message"] = round((med["ours"] - med["none"]) * 1000, 1)
     result["added_percent"] = round((med["ours"] / med["none"] - 1) * 100, 1)
     per_message = statistics.median(r["events_per_message"] for r in result["runs"] if r["agent"] == "ours")
@@ -247,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"per message without / with the agent (medians of {args.rounds}): {med['none']:.4f} / "
               f"{med['ours']:.4f} ms; added {result['added_us_per_message']} us ({result['added_percent']} %); "
               f"runs {per}; {per_message} events per message")
+        print(f"worker-process CPU per message without / with the agent: {cpu['none']} / {cpu['ours']} us "
+              f"(added {result['added_worker_cpu_us_per_message']} us); agent process (delivery) "
+              f"{result['agent_process_cpu_us_per_message']} us per message")
         if "real_brain" in result:
             r = result["real_brain"]
             print(f"real brain: {r['events_per_s']} events/s ({r['messages']} messages in {r['seconds']} s), "

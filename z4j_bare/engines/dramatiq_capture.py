@@ -4,7 +4,11 @@ Where each event comes from (docs/dramatiq.md has the hook/process/thread table)
 
 * ``task.received``: a worker's consumer thread took the message off its queue
   (``ConsumerThread.handle_message``, patched while a capture is active: Dramatiq has no hook
-  for that moment). Producers running the agent report it when they enqueue.
+  for that moment), dated then, and written with the message's next event (``task.started``,
+  or its outcome if it never starts) in one append: under a busy worker's GIL every append
+  costs far more than its write(), and a take that never leads anywhere (the worker stops and
+  gives the message back) is not an event. Producers running the agent report it when they
+  enqueue.
 * ``task.started``: ``before_process_message`` (this middleware runs last among the
   ``before`` hooks, so a message that ``AgeLimit`` or ``Abortable`` skips is never "started").
 * terminal event: decided when the worker thread settles the message with the broker
@@ -36,6 +40,7 @@ log = get_logger(__name__)
 MAX_TRACEBACK = 4096
 MAX_MESSAGE = 2048
 _STATE = "_z4j_state"
+_PENDING = "_z4j_received"  # the task.received of a taken message, written with its next event
 _local = threading.local()
 
 
@@ -117,8 +122,15 @@ class DramatiqCapture:
         _link_fields(data, options)
         if getattr(message, "redelivered", False):
             data["redelivered"] = True
-        self.sink.emit(EventKind.TASK_RECEIVED.value, message.message_id, data)
+        message.__dict__[_PENDING] = (EventKind.TASK_RECEIVED.value, message.message_id, data, time.time())
         self._remember(message, st.TAKEN)
+
+    def _emit(self, message: Any, kind: str, data: dict[str, Any], at: float | None) -> None:
+        pending = message.__dict__.pop(_PENDING, None)
+        if pending is None:
+            self.sink.emit(kind, message.message_id, data, at)
+        else:
+            self.sink.emit_many([pending, (kind, message.message_id, data, at)])
 
     def started(self, message: Any) -> None:
         now = time.time()
@@ -128,7 +140,7 @@ class DramatiqCapture:
         data = self._base(message)
         data["pid"] = os.getpid()
         data["attempt"] = attempt
-        self.sink.emit(EventKind.TASK_STARTED.value, message.message_id, data, now)
+        self._emit(message, EventKind.TASK_STARTED.value, data, now)
 
     def processed(self, message: Any, result: Any, exception: BaseException | None) -> None:
         state = message.__dict__.get(_STATE)
@@ -213,7 +225,7 @@ class DramatiqCapture:
         at = self._runtime(state, data)
         if self._wants_result(message):
             data["result"] = state.get("result")
-        self.sink.emit(EventKind.TASK_SUCCEEDED.value, message.message_id, data, at)
+        self._emit(message, EventKind.TASK_SUCCEEDED.value, data, at)
         if self.remember_successes:
             self._remember(message, st.SUCCEEDED, state.get("attempt"))
 
@@ -228,7 +240,7 @@ class DramatiqCapture:
             data["eta"] = occurred_at_text(eta / 1000.0)
         data["exception"], data["exception_message"] = exception_parts(exception)
         data["reason"] = failure_reason(exception)
-        self.sink.emit(EventKind.TASK_RETRIED.value, message.message_id, data, at)
+        self._emit(message, EventKind.TASK_RETRIED.value, data, at)
         self._remember(message, st.RETRYING, state.get("attempt"), error=_summary(exception))
 
     def _failed(self, message: Any, state: dict[str, Any], exception: BaseException | None, *, dead_letter: bool) -> None:
@@ -242,7 +254,7 @@ class DramatiqCapture:
         retried = int(state.get("attempt") or 1) - 1  # Retries already counted this attempt in options
         if retried:
             data["retry_count"] = retried
-        self.sink.emit(EventKind.TASK_FAILED.value, message.message_id, data, at)
+        self._emit(message, EventKind.TASK_FAILED.value, data, at)
         self._remember(message, st.FAILED, state.get("attempt", 1), error=_summary(exception))
 
     def _skipped(self, message: Any, state: dict[str, Any], acked: bool) -> None:
@@ -255,12 +267,12 @@ class DramatiqCapture:
             data["exception"], data["exception_message"] = "SkipMessage", text
             data["reason"] = "age_limit" if "age limit" in text.lower() else "skipped_failed"
             data["dead_lettered"] = not acked
-            self.sink.emit(EventKind.TASK_FAILED.value, message.message_id, data, at)
+            self._emit(message, EventKind.TASK_FAILED.value, data, at)
             self._remember(message, st.FAILED, state.get("attempt", 1), error=f"SkipMessage: {text}")
             return
         data["reason"] = "skipped"  # e.g. dramatiq-abort's cancel: acked, never run
         data["terminated"] = False
-        self.sink.emit(EventKind.TASK_REVOKED.value, message.message_id, data, at)
+        self._emit(message, EventKind.TASK_REVOKED.value, data, at)
         self._remember(message, st.SKIPPED, state.get("attempt", 1))
 
     def _wants_result(self, message: Any) -> bool:
