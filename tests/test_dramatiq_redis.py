@@ -152,7 +152,7 @@ def test_retry_by_reference_sends_a_linked_copy_that_runs(brain, app, cmd):
                                          "args": None, "kwargs": None})
     assert rec.status == "completed", rec
     new_id = rec.result["new_task_id"]
-    assert new_id != original.message_id and rec.result["source"] == "agent_store"
+    assert new_id != original.message_id and rec.result["source"] == "dead_letter_queue"  # Redis: as sent
     assert rec.result["original_task_id"] == original.message_id and rec.result["queue"] == app.QUEUE
     harness.wait_for(lambda: harness.marker_value(key) == 2, 20, "the retried message to run")
     state(brain, new_id, "FAILURE")

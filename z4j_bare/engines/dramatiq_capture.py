@@ -77,13 +77,15 @@ class DramatiqCapture:
 
     def __init__(self, sink: EventSink, broker: Any, *, store: st.MessageStore | None = None,
                  capture_args: bool = True, capture_results: bool | None = None, worker_side: bool = False,
-                 remember_successes: bool = True) -> None:
+                 broker_tracks_messages: bool = False) -> None:
         self.sink = sink
         self.broker = broker
         self.store = store
-        # A success is worth a store write only where the broker cannot say a message is gone
-        # (Redis can: cancel and reconcile ask it): one row write per message instead of two.
-        self.remember_successes = remember_successes
+        # Redis keeps every message it holds readable (waiting, taken, delayed, dead-lettered):
+        # cancel and reconcile ask it, and retry reads a dead letter from it. The store then only
+        # needs failures and retries (a copy for retry by reference if the dead letter is gone):
+        # no store write at all for a message that succeeds.
+        self.broker_tracks_messages = broker_tracks_messages
         self.capture_args = capture_args
         self.capture_results = capture_results
         self.worker_side = worker_side
@@ -103,7 +105,7 @@ class DramatiqCapture:
             return
         body = None
         options = message.options
-        if state in (st.TAKEN, st.ENQUEUED):
+        if state in (st.TAKEN, st.ENQUEUED) or (self.broker_tracks_messages and state in (st.FAILED, st.RETRYING)):
             body = safe_call(_encode, message, site="dramatiq.store.encode")
         if attempts is None:  # before a run, options count the retries so far (Retries adds one on failure)
             attempts = int(options.get("retries") or 0) + 1
@@ -123,7 +125,8 @@ class DramatiqCapture:
         if getattr(message, "redelivered", False):
             data["redelivered"] = True
         message.__dict__[_PENDING] = (EventKind.TASK_RECEIVED.value, message.message_id, data, time.time())
-        self._remember(message, st.TAKEN)
+        if not self.broker_tracks_messages:
+            self._remember(message, st.TAKEN)
 
     def _emit(self, message: Any, kind: str, data: dict[str, Any], at: float | None) -> None:
         pending = message.__dict__.pop(_PENDING, None)
@@ -226,7 +229,7 @@ class DramatiqCapture:
         if self._wants_result(message):
             data["result"] = state.get("result")
         self._emit(message, EventKind.TASK_SUCCEEDED.value, data, at)
-        if self.remember_successes:
+        if not self.broker_tracks_messages:
             self._remember(message, st.SUCCEEDED, state.get("attempt"))
 
     def _retried(self, message: Any, state: dict[str, Any], exception: BaseException) -> None:
@@ -273,7 +276,8 @@ class DramatiqCapture:
         data["reason"] = "skipped"  # e.g. dramatiq-abort's cancel: acked, never run
         data["terminated"] = False
         self._emit(message, EventKind.TASK_REVOKED.value, data, at)
-        self._remember(message, st.SKIPPED, state.get("attempt", 1))
+        if not self.broker_tracks_messages:
+            self._remember(message, st.SKIPPED, state.get("attempt", 1))
 
     def _wants_result(self, message: Any) -> bool:
         if self.capture_results is not None:

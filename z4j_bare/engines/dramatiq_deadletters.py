@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .dramatiq_support import DramatiqAdapterView
 
 MAX_DLQ_PAGE = 200
+MAX_ACTORS = 500
 
 
 def dead_letter_page(adapter: DramatiqAdapterView, request: CommandRequest) -> dict[str, Any]:
@@ -88,10 +89,15 @@ def reconcile(adapter: DramatiqAdapterView, message_id: str) -> dict[str, Any]:
     found = record(adapter, message_id)
     out: dict[str, Any] = {"task_id": message_id, "engine_state": "unknown", "finished_at": None, "exception": None}
     results = _find_results(adapter.broker)
-    if results is not None and found is not None:
-        answer = _from_results(results.backend, message_id, found)
-        if answer is not None:
-            return {**out, **answer}
+    if results is not None:
+        # A result key names the queue and the actor: the agent's record says which, else every
+        # actor this broker declares is tried (one read each).
+        candidates = ([(found["queue"], found["actor"])] if found is not None else
+                      [(actor.queue_name, name) for name, actor in list(adapter.broker.actors.items())[:MAX_ACTORS]])
+        for queue, actor in candidates:
+            answer = _from_results(results.backend, message_id, queue, actor)
+            if answer is not None:
+                return {**out, **answer}
     ops = adapter.ops
     if ops.kind == "redis":
         queues = [found["queue"]] if found is not None else adapter.queues()
@@ -108,12 +114,11 @@ def reconcile(adapter: DramatiqAdapterView, message_id: str) -> dict[str, Any]:
     return out
 
 
-def _from_results(backend: Any, message_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
+def _from_results(backend: Any, message_id: str, queue: str, actor: str) -> dict[str, Any] | None:
     from dramatiq import Message
     from dramatiq.results import ResultFailure, ResultMissing
 
-    probe = Message(queue_name=record["queue"], actor_name=record["actor"], args=(), kwargs={}, options={},
-                    message_id=message_id)
+    probe = Message(queue_name=queue, actor_name=actor, args=(), kwargs={}, options={}, message_id=message_id)
     try:
         backend.get_result(probe, block=False)
     except ResultMissing:

@@ -74,7 +74,7 @@ class Z4jMiddleware(Middleware):
         adapter = self.adapter
         self.z4j_capture = DramatiqCapture(sink, adapter.broker, store=store, capture_args=adapter.capture_args,
                                            capture_results=adapter.capture_results, worker_side=worker_side,
-                                           remember_successes=adapter.ops.kind != "redis")
+                                           broker_tracks_messages=adapter.ops.kind == "redis")
         if not self._hooked:
             self._hooked = True
             install_consumer_hook()

@@ -80,12 +80,15 @@ def abortable(broker: Any) -> Any | None:
 
 def original(a: DramatiqAdapterView, message_id: str,
              wait: float = STORE_WAIT_SECONDS) -> tuple[Any | None, str, dict[str, Any] | None]:
-    """(Message, source, store record) of a message this agent can publish again."""
+    """(Message, source, store record) of a message this agent can publish again.
+
+    On Redis the dead letter (the message exactly as it was sent) comes first; the agent's copy
+    (taken by the worker that failed it) covers a dead letter that expired or a failure that was
+    acked. Elsewhere the agent's copy is the only one.
+    """
     from dramatiq import Message
 
     found = record(a, message_id, wait)
-    if found is not None and found.get("body"):
-        return Message.decode(found["body"]), "agent_store", found
     if a.ops.kind == "redis":
         queues = [found["queue"]] if found is not None else a.queues()
         for queue in queues:
@@ -97,4 +100,6 @@ def original(a: DramatiqAdapterView, message_id: str,
             if fields is not None:
                 fields["args"] = tuple(fields.get("args") or ())
                 return Message(**fields), "dead_letter_queue", found
+    if found is not None and found.get("body"):
+        return Message.decode(found["body"]), "agent_store", found
     return None, "", found
