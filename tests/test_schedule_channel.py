@@ -324,3 +324,16 @@ def test_legacy_enable_disable_change_the_scheduler_and_resnapshot(link, memory)
     assert status == "failed" and error == "target.schedule_id required"
     status, _, error = link.command("schedule.disable", {"schedule_id": "nope"}, target)
     assert status == "failed" and "not found" in error
+
+
+def test_a_control_for_an_authority_that_ended_with_its_session_touches_nothing(link, memory):
+    link.open_session()
+    row = link.row("memory-nightly")
+    action, target, params = link.brain.plan_enable("default", row["id"], False)
+    link.close_session()  # the session ends between the control's delivery and its execution
+    with pytest.raises(Exception, match="holds none .*session that granted it has ended"):
+        link.channel.execute(action, params, target)
+    link.open_session()  # a new epoch: the old control names the one before it
+    with pytest.raises(Exception, match=r"names epoch 1, bars-memory holds epoch 2"):
+        link.channel.execute(action, params, target)
+    assert memory.rows["mem-1"].is_enabled is True

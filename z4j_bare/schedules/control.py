@@ -76,9 +76,13 @@ def _control(streams: ScheduleStreams, p: Mapping[str, Any]) -> dict[str, Any]:
     if not is_digest(p["expected_projection_digest"]):
         raise ControlError("external control expected_projection_digest is not a sha256 hex digest")
     auth = streams.current(owner)
-    if auth is None or (auth.stream_id, auth.epoch_uuid, auth.epoch_number, auth.adapter_instance_id) != (
+    if auth is None:
+        raise ControlError(f"external control does not bind the current stream authority: {owner} holds none "
+                           "(the session that granted it has ended, or no activation reached this session)")
+    if (auth.stream_id, auth.epoch_uuid, auth.epoch_number, auth.adapter_instance_id) != (
             p["stream_id"], p["epoch_uuid"], p["epoch_number"], p["adapter_instance_id"]):
-        raise ControlError("external control does not bind the current stream authority")
+        raise ControlError(f"external control does not bind the current stream authority: it names epoch "
+                           f"{p['epoch_number']}, {owner} holds epoch {auth.epoch_number}")
     expected = p["expected_accepted_sequence"]
     identity = external_digest({k: p[k] for k in sorted(CONTROL_KEYS)})
     with state.lock:
