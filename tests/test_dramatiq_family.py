@@ -41,10 +41,11 @@ def setup(brain, tmp_path_factory):
     return creds, home
 
 
-def start(brain, app, setup, name):
+def start(brain, app, setup, name, *extra_args):
     creds, home = setup
     command = harness.Command("dramatiq_app.redis_actors", [app.QUEUE],
-                              {**creds.env(), "Z4J_HOME": str(home), "Z4J_STOP_TIMEOUT": "5"}, home / f"{name}.log")
+                              {**creds.env(), "Z4J_HOME": str(home), "Z4J_STOP_TIMEOUT": "5"}, home / f"{name}.log",
+                              extra_args=extra_args)
     before = online_pids(brain)
     try:
         harness.wait_for(lambda: brain.agent(creds.agent_id)["online"], 60, "the agent process to connect")
@@ -90,6 +91,23 @@ def test_agent_process_killed_events_wait_on_disk_then_the_next_command_delivers
             assert succeeded(brain, message)["result"] == 2 * message.args[0]
     finally:
         second.stop()
+
+
+def test_worker_processes_started_by_spawn_share_the_agent_too(brain, app, setup):
+    """``dramatiq --use-spawn``: the children re-import everything and still find each other."""
+    creds, home = setup
+    command = start(brain, app, setup, "spawned", "--use-spawn")
+    try:
+        sent = [app.actors["add"].send(i, 2) for i in range(6)]
+        for message in sent:
+            succeeded(brain, message)
+        assert brain.agent(creds.agent_id)["open_sessions"] == 1
+    finally:
+        assert command.stop() == 0, command.log()[-3000:]
+    harness.assert_clean_log(command.log())
+    offline = {e["data"]["pid"] for e in brain.events(engine=ENGINE, kind="worker.offline")}
+    assert command.pids <= offline
+    assert harness.undelivered(home) == 0
 
 
 def test_a_worker_process_dies_and_every_event_is_delivered(brain, app, setup):

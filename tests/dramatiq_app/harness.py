@@ -29,10 +29,10 @@ class Command:
     """One ``dramatiq <module> -p N -t T -Q <queues>`` with its log in a file."""
 
     def __init__(self, module: str, queues: list[str], env: Mapping[str, str], log_path: Path, *,
-                 processes: int = 2, threads: int = 2) -> None:
+                 processes: int = 2, threads: int = 2, extra_args: tuple[str, ...] = ()) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        cmd = [str(DRAMATIQ_BIN), module, "-p", str(processes), "-t", str(threads), "-Q", *queues]
+        cmd = [str(DRAMATIQ_BIN), module, "-p", str(processes), "-t", str(threads), *extra_args, "-Q", *queues]
         self.proc = subprocess.Popen(cmd, env=command_env(env), cwd=REPO_DIR, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 

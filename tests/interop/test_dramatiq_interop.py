@@ -89,7 +89,10 @@ def issue(brain: RealBrain, cmd, kind: str, body: dict[str, Any]) -> dict:
 
 def test_every_message_reaches_the_brain_with_its_final_state(real_brain: RealBrain, app, command) -> None:
     a = app.actors
-    plan = ([(a["add"].send(i, 1), "success") for i in range(18)]
+    # Four one-second messages first: each worker process holds at most 4 (prefetch = 2 x
+    # threads), so the other process must take part while the first is busy.
+    plan = ([(a["sleepy"].send(1.0, f"it-share-{i}"), "success") for i in range(4)]
+            + [(a["add"].send(i, 1), "success") for i in range(18)]
             + [(a["boom"].send(i), "failure") for i in range(6)]
             + [(a["flaky"].send(i), "failure") for i in range(6)])
     by_id = {m.message_id: (m, final) for m, final in plan}
@@ -101,6 +104,8 @@ def test_every_message_reaches_the_brain_with_its_final_state(real_brain: RealBr
         assert row["engine"] == ENGINE and row["name"] == message.actor_name and row["queue"] == app.QUEUE
         assert row["worker_name"].startswith("dramatiq.")
         workers.add(row["worker_name"])
+        if message.actor_name == "sleepy":
+            continue
         if message.actor_name == "add":
             assert row["result"] in (str(message.args[0] + 1), message.args[0] + 1) and row["args"] == [message.args[0], 1]
         elif message.actor_name == "boom":
