@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .demo_view import LiveView, WorkerGroup
+
 DEADLINE_SECONDS = 100.0
 CARD = "4111 1111 1111 1111"
 
@@ -96,16 +98,13 @@ class Demo:
         self.queue = f"z4j-demo-{self.tag}"
         self.redis_url = _redis_url(not use_redis)
         self.marker = self.tmp / "carrier-api-down"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: dict[str, Path] = {}
+        self.workers = WorkerGroup(self.tmp)
         self.checks: list[tuple[str, bool, str]] = []
         self.commands: list[dict[str, Any]] = []
         self.expected: dict[tuple[str, str], tuple[str, str]] = {}  # (engine, id) -> (name, final state)
         self.brain: Any = None
         self.agents: dict[str, Any] = {}
-        self._printed = 0
-        self._last_status = ""
-        self._next_status = 0.0
+        self.view: LiveView | None = None
         self._rq_job_ids: list[str] = []
         self.dq_namespace = f"z4j-demo-{self.tag}-dq"
 
@@ -128,58 +127,15 @@ class Demo:
                 return value
             if time.monotonic() >= end:
                 raise DemoFailed(f"timed out waiting for {what}")
-            for name, proc in self.procs.items() if workers_alive else ():
-                if proc.poll() is not None:
-                    raise DemoFailed(f"the {name} worker exited early (code {proc.returncode}) while waiting "
-                                     f"for {what}; its log:\n{self._tail(name)}")
+            gone = self.workers.exited() if workers_alive else None
+            if gone is not None:
+                raise DemoFailed(f"the {gone[0]} worker exited early (code {gone[1]}) while waiting "
+                                 f"for {what}; its log:\n{self.workers.tail(gone[0])}")
             time.sleep(0.05)
 
-    def _tail(self, name: str, lines: int = 25) -> str:
-        try:
-            text = self.logs[name].read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join("    " + line for line in text[-lines:])
-
-    # -- live view -------------------------------------------------------------------------------
     def pump(self) -> None:
-        events = self.brain.events()
-        for ev in events[self._printed:]:
-            data = ev.get("data") or {}
-            kind = ev.get("kind", "?")
-            code = {"task.succeeded": "32", "task.failed": "31", "task.retried": "33"}.get(kind, "36")
-            task = (ev.get("task_id") or "")[:8]
-            name = str(data.get("task_name") or data.get("worker") or data.get("hostname") or "")
-            if len(name) > 14:
-                name = name.rsplit(".", 1)[-1][:14]
-            extra = ""
-            if kind == "task.failed" and data.get("exception"):
-                extra = f"  {str(data.get('exception'))[:60]}"
-            frame = data.get("external_snapshot_frame")
-            if isinstance(frame, dict):  # one frame of a sequenced schedule snapshot
-                name = f"seq {frame.get('sequence')} {frame.get('frame_kind')}"
-                extra = f"{len(frame.get('schedules') or [])} of {frame.get('row_count')} row(s)"
-            self.out.line(f"{ev.get('engine', ''):<7} {kind:<16} {name:<14} {task}{extra}", tag="event", code=code)
-        self._printed = len(events)
-        now = time.monotonic()
-        if now >= self._next_status:
-            self._next_status = now + 1.0
-            text = self.status_text()
-            if text != self._last_status:
-                self._last_status = text
-                self.out.line(text, tag="status", code="35")
-
-    def status_text(self) -> str:
-        parts = []
-        for engine, creds in self.agents.items():
-            row = self.brain.agent(creds.agent_id)
-            hb = row.get("last_heartbeat") or {}
-            st = row.get("last_agent_status") or {}
-            state = "RUNNING (online)" if row["online"] else "offline"
-            parts.append(f"{engine} agent {state}, sessions {row['sessions']}, buffer {hb.get('buffer_size', '-')}, "
-                         f"heartbeats {row['heartbeats']}, reconnects {st.get('connection_failure_streak', 0)}")
-        parts.append(f"brain stored {self.brain.event_count()} events")
-        return " | ".join(parts)
+        if self.view is not None:
+            self.view.pump()
 
     # -- processes -------------------------------------------------------------------------------
     def _env(self, engine: str) -> dict[str, str]:
@@ -197,52 +153,29 @@ class Demo:
         })
         return env
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = self.tmp / f"{name}.log"
-        self.logs[name] = log
-        with open(log, "ab") as fh:
-            # A session of its own: at the end the whole group (prefork children included) is reaped.
-            self.procs[name] = subprocess.Popen(argv, env=self._env(name), stdout=fh, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, cwd=self.tmp, start_new_session=True)
-
-    def stop_workers(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                # The worker's main process only: it stops its own pool (a group-wide SIGTERM
-                # would kill the pool children under it).
-                proc.send_signal(signal.SIGTERM)
-        end = time.monotonic() + 20
-        for name, proc in self.procs.items():
-            try:
-                code = proc.wait(max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                code = proc.wait(5)
-                self.check(f"{name} worker stopped on SIGTERM", False, "had to be killed")
-                continue
-            self.check(f"{name} worker stopped on SIGTERM with exit code 0", code == 0, f"exit code {code}")
-
-    def reap(self) -> bool:
-        """Kill whatever is left of each process group; True if nothing was left."""
-        clean = True
-        for proc in self.procs.values():
-            for _ in range(50):
-                try:
-                    os.killpg(proc.pid, 0)
-                except ProcessLookupError:
-                    break
-                clean = False
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                time.sleep(0.05)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
-        return clean
+    def _spawn_worker(self, name: str, argv: list[str]) -> None:
+        self.workers.spawn(name, argv, self._env(name))
 
     # -- the story -------------------------------------------------------------------------------
     def run(self) -> int:
+        engines = self.start()
+        ship_ids = self.send_tasks(engines)
+
+        self.out.title("operator retries the failed task from the brain")
+        self.marker.unlink()
+        self.out.line("the carrier API is back (outage marker removed)")
+        for engine, (task_id, name) in ship_ids.items():
+            new_id = self.retry_round_trip(engine, task_id, name)
+            if new_id and engine != "rq":  # an RQ retry requeues the same job id
+                self.expected[(engine, new_id)] = (f"{name} (retry)", "SUCCESS")
+
+        self.beat_round_trip()
+        self.shut_down(engines)
+        self.verify(engines)
+        return self.summary()
+
+    def start(self) -> list[str]:
+        """The brain, one agent per engine (and beat), the worker processes; wait for each hello."""
         from .testing import LocalBrain
 
         out = self.out
@@ -265,19 +198,20 @@ class Demo:
         for engine in engines:
             self.agents[engine] = self.brain.mint_agent(name=f"demo-{engine}")
         self.agents["beat"] = self.brain.mint_agent(name="demo-beat")
+        self.view = LiveView(self.brain, self.agents, out.line)
 
-        self._spawn("celery", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "worker",
+        self._spawn_worker("celery", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "worker",
                                "-Q", self.queue, "-c", "2", "-n", f"demo-{self.tag}@%h", "--loglevel=warning",
                                "--without-gossip", "--without-mingle", "--without-heartbeat"])
         if "rq" in engines:
-            self._spawn("rq", [sys.executable, "-m", "rq.cli", "worker", "-u", self.redis_url,
+            self._spawn_worker("rq", [sys.executable, "-m", "rq.cli", "worker", "-u", self.redis_url,
                                "-w", "z4j_rq.Worker", "-n", f"demo-{self.tag}",
                                "--logging_level", "WARNING", self.queue])
         if "dramatiq" in engines:
             # The dramatiq CLI: a supervisor, 2 worker processes, and the z4j agent process it starts.
-            self._spawn("dramatiq", [sys.executable, "-m", "dramatiq", "z4j_bare.demo_dramatiq", "-p", "2", "-t", "2",
+            self._spawn_worker("dramatiq", [sys.executable, "-m", "dramatiq", "z4j_bare.demo_dramatiq", "-p", "2", "-t", "2",
                                      "-Q", self.queue])
-        self._spawn("beat", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "beat",
+        self._spawn_worker("beat", [sys.executable, "-m", "celery", "-A", "z4j_bare.demo_tasks", "beat",
                              "-s", str(self.tmp / "beat-schedule"), "--loglevel=warning"])
         out.line(f"started {' and '.join(engines)} worker subprocess(es) and celery beat; waiting for the agents' "
                  "handshake")
@@ -285,7 +219,11 @@ class Demo:
             row = self.wait(f"the {engine} agent to connect", lambda e=engine: self._online(e), 30)
             out.line(f"{engine} agent connected: hello advertises {row['capabilities'].get(engine, [])[:4]}...",
                      tag="agent", code="32")
+        return engines
 
+    def send_tasks(self, engines: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Each engine's stream of tasks, waited to their final states; the failed "ship" task of each."""
+        out = self.out
         out.title("a stream of tasks")
         celery_app = self._celery_app()
         self.marker.write_text("down")
@@ -302,34 +240,22 @@ class Demo:
         sent.append(("demo.ship", ship_id, "FAILURE"))
         for name, task_id, state in sent:
             self.expected[("celery", task_id)] = (name, state)
-        rq_ship = dq_ship = None
+        ships = {"celery": (ship_id, "demo.ship")}
         if "rq" in engines:
-            rq_ship = self._enqueue_rq()
+            ships["rq"] = (self._enqueue_rq(), "rq_ship")
         if "dramatiq" in engines:
-            dq_ship = self._send_dramatiq()
+            ships["dramatiq"] = (self._send_dramatiq(), "dq_ship")
         for (engine, task_id), (name, state) in list(self.expected.items()):
             self.wait(f"{engine} task {name} {task_id} to reach {state}",
                       lambda e=engine, t=task_id, s=state: self._state(e, t) == s, 30)
+        return ships
 
-        out.title("operator retries the failed task from the brain")
-        self.marker.unlink()
-        out.line("the carrier API is back (outage marker removed)")
-        new_id = self.retry_round_trip("celery", ship_id, "demo.ship")
-        if new_id:
-            self.expected[("celery", new_id)] = ("demo.ship (retry)", "SUCCESS")
-        if rq_ship:
-            self.retry_round_trip("rq", rq_ship, "rq_ship")
-        if dq_ship:
-            new_id = self.retry_round_trip("dramatiq", dq_ship, "dq_ship")
-            if new_id:
-                self.expected[("dramatiq", new_id)] = ("dq_ship (retry)", "SUCCESS")
-
-        self.beat_round_trip()
-
+    def shut_down(self, engines: Sequence[str]) -> None:
+        out = self.out
         out.title("stopping the workers (SIGTERM): the agents drain their buffers and close")
         before = self.brain.event_count()
         stopping = time.monotonic()
-        self.stop_workers()
+        self.workers.stop(self.check)
         out.line(f"workers exited after {time.monotonic() - stopping:.1f} s", tag="agent")
         # A long-poll agent has no socket whose close the brain sees: it reads offline a moment
         # after its last poll was cut off, by which time its worker has exited.
@@ -337,8 +263,6 @@ class Demo:
                   workers_alive=False)
         self.pump()
         out.line(f"{self.brain.event_count() - before} more event(s) arrived during shutdown", tag="agent")
-        self.verify(engines)
-        return self.summary()
 
     def beat_round_trip(self) -> None:
         """celery beat's schedule shows up in the brain; the operator triggers it; a worker runs it."""
@@ -519,12 +443,12 @@ class Demo:
         verdict = "all checks passed" if not failed else f"{len(failed)} check(s) failed"
         out.line(f"{verdict} in {time.monotonic() - out.t0:.1f} s", code="1")
         if failed:
-            for name in self.procs:
-                out.line(f"last lines of the {name} worker log:\n{self._tail(name)}")
+            for name in self.workers.procs:
+                out.line(f"last lines of the {name} worker log:\n{self.workers.tail(name)}")
         return 0 if not failed else 1
 
     def close(self) -> None:
-        clean = self.reap()
+        clean = self.workers.reap()
         if not clean:
             self.out.line("some worker processes had to be killed at the end", tag="cleanup")
         if self.brain is not None:
