@@ -496,6 +496,41 @@ def _doctor_hello() -> dict[str, Any]:
     }
 
 
+def _upgrade_fix(text: str) -> str:
+    """What to do about a refused WebSocket upgrade, from the transport's message."""
+    if "HTTP 401" in text or "HTTP 403" in text:
+        return ("a proxy in front of the brain refused the upgrade: check the token (Z4J_TOKEN) and that the "
+                "proxy forwards the Authorization header to the brain")
+    if "HTTP 404" in text:
+        return ("no z4j brain WebSocket endpoint at this URL: set brain_url to the brain's base URL (keep a "
+                "path prefix if the brain is served under one; /ws/agent is appended)")
+    if "HTTP" in text:
+        return ("the server answered HTTP instead of upgrading: a proxy must pass WebSocket upgrades "
+                "(Upgrade/Connection headers) to the brain")
+    return "see the tcp and tls stages; a proxy may be cutting WebSocket connections"
+
+
+def _read_ack(conn: Connection, config: Config, t: _Timer) -> Any:
+    """The brain's hello_ack, or the failed ``hello`` stage saying why there is none."""
+    try:
+        data = _recv(conn, time.monotonic() + config.handshake_timeout)
+        if data is None:
+            return ProbeResult(
+                "hello", FAIL, f"no hello_ack within {config.handshake_timeout:g} s",
+                "the server accepted the upgrade but is not answering like a z4j brain: check that brain_url "
+                "points at the brain and that no proxy buffers WebSocket traffic", {}, t.ms())
+        return read_hello_ack(data, default_heartbeat=config.heartbeat_seconds)
+    except TransportError as exc:
+        if exc.backoff is BackoffClass.INCOMPATIBLE:
+            return ProbeResult("hello", FAIL, f"hello_ack is incompatible: {exc}",
+                               "use a brain that speaks z4j protocol 2", {}, t.ms())
+        message, fix = _close_problem(exc.close_code, after_signed=False)
+        return ProbeResult("hello", FAIL, message, fix, {"close_code": exc.close_code}, t.ms())
+    except ProtocolError as exc:
+        return ProbeResult("hello", FAIL, f"the brain's first reply is not a valid hello_ack: {exc}",
+                           "check versions (python -m z4j_bare version) and that brain_url is the brain", {}, t.ms())
+
+
 def _session(config: Config, timeout: float) -> list[ProbeResult]:
     """websocket, hello, hmac on one connection (stops at the first failure, skipping the rest)."""
     results: list[ProbeResult] = []
@@ -511,20 +546,9 @@ def _session(config: Config, timeout: float) -> list[ProbeResult]:
     try:
         conn.open()
     except TransportError as exc:
-        text = str(exc)
-        if "HTTP 401" in text or "HTTP 403" in text:
-            fix = ("a proxy in front of the brain refused the upgrade: check the token (Z4J_TOKEN) and that the "
-                   "proxy forwards the Authorization header to the brain")
-        elif "HTTP 404" in text:
-            fix = ("no z4j brain WebSocket endpoint at this URL: set brain_url to the brain's base URL (keep a "
-                   "path prefix if the brain is served under one; /ws/agent is appended)")
-        elif "HTTP" in text:
-            fix = ("the server answered HTTP instead of upgrading: a proxy must pass WebSocket upgrades "
-                   "(Upgrade/Connection headers) to the brain")
-        else:
-            fix = "see the tcp and tls stages; a proxy may be cutting WebSocket connections"
-        results.append(ProbeResult("websocket", FAIL, f"WebSocket upgrade to {config.ws_url} failed: {text}",
-                                   fix, {"ws_url": config.ws_url, "upgrade_refused": exc.upgrade_refused}, t.ms()))
+        results.append(ProbeResult("websocket", FAIL, f"WebSocket upgrade to {config.ws_url} failed: {exc}",
+                                   _upgrade_fix(str(exc)),
+                                   {"ws_url": config.ws_url, "upgrade_refused": exc.upgrade_refused}, t.ms()))
         return skip_rest("websocket")
     try:
         results.append(ProbeResult("websocket", PASS, f"upgrade to {config.ws_url} accepted", None,
@@ -535,27 +559,9 @@ def _session(config: Config, timeout: float) -> list[ProbeResult]:
             conn.send(encode_unsigned(FrameType.HELLO, new_frame_id("hello_", 16), _doctor_hello()))
         except TransportError:
             pass  # the brain may already have closed (bad token): the close code is read below
-        try:
-            data = _recv(conn, time.monotonic() + config.handshake_timeout)
-            if data is None:
-                results.append(ProbeResult(
-                    "hello", FAIL, f"no hello_ack within {config.handshake_timeout:g} s",
-                    "the server accepted the upgrade but is not answering like a z4j brain: check that brain_url "
-                    "points at the brain and that no proxy buffers WebSocket traffic", {}, t.ms()))
-                return skip_rest("hello")
-            ack = read_hello_ack(data, default_heartbeat=config.heartbeat_seconds)
-        except TransportError as exc:
-            if exc.backoff is BackoffClass.INCOMPATIBLE:
-                results.append(ProbeResult("hello", FAIL, f"hello_ack is incompatible: {exc}",
-                                           "use a brain that speaks z4j protocol 2", {}, t.ms()))
-                return skip_rest("hello")
-            message, fix = _close_problem(exc.close_code, after_signed=False)
-            results.append(ProbeResult("hello", FAIL, message, fix, {"close_code": exc.close_code}, t.ms()))
-            return skip_rest("hello")
-        except ProtocolError as exc:
-            results.append(ProbeResult("hello", FAIL, f"the brain's first reply is not a valid hello_ack: {exc}",
-                                       "check versions (python -m z4j_bare version) and that brain_url is the brain",
-                                       {}, t.ms()))
+        ack = _read_ack(conn, config, t)
+        if isinstance(ack, ProbeResult):
+            results.append(ack)
             return skip_rest("hello")
         binding = ack.binding
         clock = _measured_clock(ack.brain_time, sent_at, conn.date_offset)
@@ -825,29 +831,44 @@ def run_doctor(
         from .config import mask_url
 
         report.brain_url = mask_url(url)
-    scheme, host, port = endpoint
-    dns, _ = _dns(host, port)
-    probes.append(dns)
-    if not dns.ok:
-        return skip(PROBE_NAMES[3:], "skipped: dns failed")
-    tcp = _tcp(host, port, step)
-    probes.append(tcp)
-    if not tcp.ok:
-        return skip(PROBE_NAMES[4:], "skipped: tcp failed")
-    if scheme in ("https", "wss"):
-        if config is None:
-            probes.append(ProbeResult("tls", SKIP, "skipped: needs a valid configuration (see config)"))
-        else:
-            probes.append(_tls(config, host, port, step))
-            if not probes[-1].ok:
-                return skip(PROBE_NAMES[5:], "skipped: tls failed")
-    else:
-        note = "plain ws:// to a loopback host: no TLS" if (config and config.is_loopback) else "plain ws://: no TLS"
-        probes.append(ProbeResult("tls", SKIP, note))
+    failed = _reach(endpoint, config, step, probes)
+    if failed is not None:
+        return skip(PROBE_NAMES[PROBE_NAMES.index(failed) + 1:], f"skipped: {failed} failed")
     if config is None:
         return skip(PROBE_NAMES[5:], "skipped: needs a valid configuration (see config)")
     if not websocket:
         return skip(PROBE_NAMES[5:], "skipped: --no-websocket")
+    report.trace = _meet_the_brain(config, step, probes)
+    return report
+
+
+def _reach(endpoint: tuple[str, str, int], config: Config | None, step: float, probes: list[ProbeResult]) -> str | None:
+    """The dns, tcp and tls stages; the name of the one that failed, or None."""
+    scheme, host, port = endpoint
+    dns, _ = _dns(host, port)
+    probes.append(dns)
+    if not dns.ok:
+        return "dns"
+    probes.append(_tcp(host, port, step))
+    if not probes[-1].ok:
+        return "tcp"
+    if scheme not in ("https", "wss"):
+        note = "plain ws:// to a loopback host: no TLS" if (config and config.is_loopback) else "plain ws://: no TLS"
+        probes.append(ProbeResult("tls", SKIP, note))
+    elif config is None:
+        probes.append(ProbeResult("tls", SKIP, "skipped: needs a valid configuration (see config)"))
+    else:
+        probes.append(_tls(config, host, port, step))
+        if not probes[-1].ok:
+            return "tls"
+    return None
+
+
+def _meet_the_brain(config: Config, step: float, probes: list[ProbeResult]) -> list[dict[str, Any]]:
+    """The stages that open sessions with the brain: websocket, hello, hmac, longpoll, skew, runtime.
+
+    Returns the runtime's state trace.
+    """
     ws_probes = _session(dataclasses.replace(config, handshake_timeout=min(config.handshake_timeout, step)), step)
     lp_probe = _longpoll(config, step)
     _weigh_transports(config.transport, ws_probes, lp_probe)
@@ -857,8 +878,7 @@ def run_doctor(
     # The runtime runs even after a failed session stage: its trace shows how the agent reacts.
     runtime_probe, trace = _runtime(config, wait=step + min(config.handshake_timeout, step) + 1.0)
     probes.append(runtime_probe)
-    report.trace = trace
-    return report
+    return trace
 
 
 # ------------------------------------------------------------------------------------------ status
