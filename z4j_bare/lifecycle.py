@@ -18,7 +18,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from transitions import EventData, Machine
 
@@ -27,14 +28,34 @@ from .channels import notify_session
 from .logs import get_logger
 from .protocol import BackoffClass, ProtocolError, utc_now_text, utc_text
 from .safety import safe_call
-from .session import Session
+from .session import Session, SessionHost
 from .statechart import RuntimeState, machine_states, machine_transitions
 from .transport import Transport, TransportError
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
-    from .runtime import AgentRuntime
+    from .backoff import Backoff
+    from .transport import TransportChoice
+
+
+class LifecycleHost(SessionHost, Protocol):
+    """What the state machine's callbacks use of the runtime (``AgentRuntime`` is one)."""
+
+    backoff: Backoff
+    transports: TransportChoice
+    stopping: threading.Event
+    stop_deadline: float
+    reconnect_reason: str | None
+
+    @property
+    def brain_url_shown(self) -> str: ...
+
+    def open_transport(self, hold: Callable[[Transport], None]) -> Transport: ...
+
+    def hello_payload(self) -> dict[str, Any]: ...
+
+    def next_request(self) -> str | None: ...
 
 # The runtime's records keep the one logger name operators filter on, whichever module logs them.
 log = get_logger("z4j_bare.runtime")
@@ -83,7 +104,7 @@ class Lifecycle:
 
     state: RuntimeState
 
-    def __init__(self, runtime: AgentRuntime) -> None:
+    def __init__(self, runtime: LifecycleHost) -> None:
         self._rt = runtime
         Machine(model=self, states=machine_states(), transitions=machine_transitions(), initial=RuntimeState.INIT,
                 auto_transitions=False, send_event=True, queued=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .backoff import SessionEnded
 from .channels import offer
@@ -22,7 +22,27 @@ from .transport import Outgoing, Receipt, SessionInfo, Transport
 from .transport.liveness import Liveness
 
 if TYPE_CHECKING:
-    from .runtime import AgentRuntime
+    from .buffer import BufferStore
+    from .channels import FrameHandler
+    from .commands import CommandChannel
+    from .config import Config
+    from .controls import ControlFrames
+    from .outbox import Outbox
+
+
+class SessionHost(Protocol):
+    """What a session uses of the runtime that runs it (``AgentRuntime`` is one)."""
+
+    config: Config
+    buffer: BufferStore
+    outbox: Outbox
+    controls: ControlFrames
+    commands: CommandChannel
+
+    @property
+    def handlers(self) -> tuple[FrameHandler, ...]: ...
+
+    def status_frames(self, session: Session) -> list[Outgoing]: ...
 
 # The runtime's records keep the one logger name operators filter on, whichever module logs them.
 log = get_logger("z4j_bare.runtime")
@@ -33,7 +53,7 @@ ADOPT_EVERY_SECONDS = 60.0
 
 
 class Session:
-    def __init__(self, runtime: AgentRuntime, transport: Transport, info: SessionInfo) -> None:
+    def __init__(self, runtime: SessionHost, transport: Transport, info: SessionInfo) -> None:
         self._rt = runtime
         self.transport = transport
         self.info = info

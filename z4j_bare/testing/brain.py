@@ -224,7 +224,7 @@ class LocalBrain:
                 f"{self.url if self.port else '(not started)'}"
             )
 
-        return self._wait(ready, timeout, describe)
+        return self.wait_until(ready, timeout, describe)
 
     # -- events and tasks ----------------------------------------------------------------------
 
@@ -252,7 +252,7 @@ class LocalBrain:
                 f"recent close codes: {self.close_codes[-5:]}"
             )
 
-        return self._wait(ready, timeout, describe)
+        return self.wait_until(ready, timeout, describe)
 
     def task(self, engine: str, task_id: str) -> dict[str, Any] | None:
         """The projection row for one task (state, task_name, queue, worker, args, result, ...)."""
@@ -275,7 +275,7 @@ class LocalBrain:
                 f"currently {current}; events for it: {kinds}"
             )
 
-        return self._wait(ready, timeout, describe)
+        return self.wait_until(ready, timeout, describe)
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -320,7 +320,7 @@ class LocalBrain:
                 + f"; agent {agent['name']} online {agent['online']}"
             )
 
-        return self._wait(ready, timeout, describe)
+        return self.wait_until(ready, timeout, describe)
 
     # -- wire-level introspection --------------------------------------------------------------
 
@@ -338,7 +338,9 @@ class LocalBrain:
     def remove_listener(self, callback: Callable[[dict[str, Any]], None]) -> None:
         self.listeners.remove(callback)
 
-    def _wait(self, ready: Callable[[], Any], timeout: float, describe: Callable[[], str]) -> Any:
+    def wait_until(self, ready: Callable[[], Any], timeout: float, describe: Callable[[], str]) -> Any:
+        """``ready()``'s first true value, re-checked on every change the brain stores; TimeoutError
+        (with ``describe()``) after ``timeout`` seconds. Not from a brain listener."""
         if self.server.on_loop_thread():
             raise RuntimeError("LocalBrain wait_for_* cannot be called from a brain listener")
         return self.changes.wait(ready, timeout, describe)

@@ -12,15 +12,39 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..logs import get_logger
 from ..protocol import FrameType
 from .schedules import BrainSchedules, ScheduleApiError
 
 if TYPE_CHECKING:
-    from .brain import LocalBrain
+    from collections.abc import Callable
+
+    from .delivery import CommandDelivery
+    from .dispatch import FrameDispatch
+    from .lanes import BatchIngest
+    from .records import CommandRecord
+    from .server import BrainServer
     from .session import Session
+    from .sessions import SessionHub
+
+
+class DeskHost(Protocol):
+    """What the Schedules page uses of its brain (``LocalBrain`` is one)."""
+
+    hub: SessionHub
+    ingest: BatchIngest
+    frames: FrameDispatch
+    delivery: CommandDelivery
+    server: BrainServer
+
+    def command(self, command_id: str) -> CommandRecord: ...
+
+    def send_command(self, action: str, parameters: dict[str, Any] | None = None, *, agent_id: str | None = None,
+                     target: dict[str, Any] | None = None, engine: str | None = None) -> str: ...
+
+    def wait_until(self, ready: Callable[[], Any], timeout: float, describe: Callable[[], str]) -> Any: ...
 
 log = get_logger(__name__)
 
@@ -28,7 +52,7 @@ __all__ = ["ScheduleApiError", "ScheduleDesk"]
 
 
 class ScheduleDesk:
-    def __init__(self, brain: LocalBrain) -> None:
+    def __init__(self, brain: DeskHost) -> None:
         self._brain = brain
         self.logic = BrainSchedules()
         brain.hub.add_open_hook(self._on_open)
@@ -99,7 +123,7 @@ class ScheduleDesk:
             return (f"timed out after {timeout:g} s waiting for {count} schedules matching {match}: have "
                     f"{[(r['name'], r['is_enabled']) for r in self.list(project)]}; streams {streams}")
 
-        return self._brain._wait(ready, timeout, describe)
+        return self._brain.wait_until(ready, timeout, describe)
 
     def trigger(self, schedule_id: str, project: str = "default") -> str:
         """``POST /schedules/{id}/trigger``: the mutate command's id."""
