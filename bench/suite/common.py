@@ -21,8 +21,12 @@ SUITE = REPO / "bench" / "suite"
 APPS = SUITE / "apps"
 PROBES = SUITE / "probes"
 OUR_PY = Path(sys.executable)
-CELERY_BROKER = "redis://127.0.0.1:6379/7"   # the team's tests use dbs 9-14
-RQ_REDIS = "redis://127.0.0.1:6379/8"
+# Z4J_BENCH_REDIS (else the tests' Z4J_TEST_REDIS) names the Redis server, so a bench run and
+# someone else's tests or bench on the same machine never share keys; dbs 7 and 8 of it.
+REDIS_SERVER = (os.environ.get("Z4J_BENCH_REDIS") or os.environ.get("Z4J_TEST_REDIS")
+                or "redis://127.0.0.1:6379").rstrip("/")
+CELERY_BROKER = f"{REDIS_SERVER}/7"   # the team's tests use dbs 9-14
+RQ_REDIS = f"{REDIS_SERVER}/8"
 
 
 def ref_python() -> Path:
@@ -73,6 +77,7 @@ def clean_env(extra: dict[str, str] | None = None, pythonpath: str | None = str(
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     env["PYTHONUNBUFFERED"] = "1"
+    env["Z4J_BENCH_RQ_REDIS"] = RQ_REDIS  # the bare probes' Redis (bench/suite/probes)
     env.update(extra or {})
     return env
 

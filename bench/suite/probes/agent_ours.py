@@ -11,6 +11,7 @@ Credentials and Z4J_HOME come from the environment. Prints one JSON object per s
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ def install(**extra):
     from z4j_bare import install_agent
     from z4j_rq import RqEngineAdapter
 
-    conn = redis.Redis.from_url("redis://127.0.0.1:6379/8")
+    conn = redis.Redis.from_url(os.environ.get("Z4J_BENCH_RQ_REDIS", "redis://127.0.0.1:6379/8"))
     return install_agent(engines=[RqEngineAdapter(connection=conn)], **extra)
 
 

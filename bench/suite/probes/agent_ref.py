@@ -14,6 +14,7 @@ through ``AgentRuntime.record_event`` (what its adapters' event pump calls), eac
 from __future__ import annotations
 
 import json
+import os
 import logging
 import sys
 import time
@@ -50,7 +51,7 @@ def install():
     from z4j_bare.install import install_agent
     from z4j_rq.engine import RqEngineAdapter
 
-    conn = redis.Redis.from_url("redis://127.0.0.1:6379/8")
+    conn = redis.Redis.from_url(os.environ.get("Z4J_BENCH_RQ_REDIS", "redis://127.0.0.1:6379/8"))
     adapter = RqEngineAdapter(rq_app=_RqApp(conn))
     # dev_mode: the lab brain speaks plain http on loopback; the reference ignores Z4J_DEV_MODE from env
     return install_agent(engines=[adapter], dev_mode=True), adapter
