@@ -61,3 +61,25 @@ def test_event_text_fast_path_equals_canonical_encoding(task_id):
     assert text == encode_event(event)  # canonical: sorted keys, compact, UTF-8 kept
     expected = build_event("task.started", "celery", task_id, data, 1795899890.643607)
     assert {k: v for k, v in event.items() if k != "id"} == {k: v for k, v in expected.items() if k != "id"}
+
+
+@pytest.mark.parametrize("value", [
+    {"b": [1, 2.5, None, True], "a": {"z": "Zoë \u2028 \"q\"", "y": -0.0}, "c": 10**30},
+    [], {}, "plain", 1e-7, ["\ud800x"],
+])
+def test_canonical_tree_text_is_canonical_text(value):
+    from z4j_bare.protocol import canonical_text
+    from z4j_bare.protocol.canonical import canonical_tree_text, json_string
+
+    assert canonical_tree_text(value) == canonical_text(value)
+    if isinstance(value, str):
+        assert json_string(value) == canonical_text(value)
+
+
+def test_canonical_tree_text_refuses_what_canonical_text_refuses():
+    from z4j_bare.protocol.canonical import canonical_tree_text
+
+    with pytest.raises(ValueError):
+        canonical_tree_text({"x": float("nan")})
+    with pytest.raises(TypeError):
+        canonical_tree_text({"x": object()})

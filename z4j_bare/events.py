@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from .protocol import EVENT_ZONE, canonical_text, utc_text
+from .protocol.canonical import canonical_tree_text, json_string
 
 
 class EventKind(StrEnum):
@@ -52,14 +53,21 @@ os.register_at_fork(after_in_child=_reset_pool)
 def new_event_id() -> str:
     """A random UUID version 4 (the brain dedupes on v4/v7 ids), formatted without uuid.UUID.
 
-    Randomness is fetched 4 KiB at a time per thread: one getrandom() call per 256 ids.
+    Randomness is fetched 4 KiB at a time per thread (one getrandom() call per 256 ids) and
+    formatted into ids in one pass; a call takes the next one.
     """
     pool = _pool
-    hexed = getattr(pool, "hex", "")
-    if not hexed:
-        hexed = os.urandom(_POOL_BYTES).hex()
-    h, pool.hex = hexed[:32], hexed[32:]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    try:
+        return pool.ids.pop()
+    except (AttributeError, IndexError):
+        pool.ids = ids = _fresh_ids()
+        return ids.pop()
+
+
+def _fresh_ids() -> list[str]:
+    h = os.urandom(_POOL_BYTES).hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[int(h[i + 16], 16) & 3]}{h[i + 17:i + 20]}-"
+            f"{h[i + 20:i + 32]}" for i in range(0, len(h), 32)]
 
 
 def build_event(kind: str, engine: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> dict[str, Any]:
@@ -98,7 +106,7 @@ def event_text(kind: str, engine: str, task_id: str | None, data: dict[str, Any]
     ``data`` goes through the canonical encoder. A test keeps the two forms identical.
     """
     return (
-        f'{{"data":{canonical_text(data)},"engine":{_quoted(engine)},"id":"{new_event_id()}",'
+        f'{{"data":{canonical_tree_text(data)},"engine":{_quoted(engine)},"id":"{new_event_id()}",'
         f'"kind":{_quoted(str(kind))},"occurred_at":"{utc_text(occurred_at, EVENT_ZONE)}",'
-        f'"task_id":{canonical_text("" if task_id is None else str(task_id))}}}'
+        f'"task_id":{json_string("" if task_id is None else str(task_id))}}}'
     )
