@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # config resolves settings from keywords and the environment and imports only protocol/ and
     # logs: it sits with the support modules so engines that start in their own processes
     # (Dramatiq workers) can read it.
-    ("capture support", ("redaction", "redaction_*", "events", "safety", "forkguard", "config")),
+    ("capture support", ("redaction", "redaction_*", "events", "flatdata", "safety", "forkguard", "config")),
     ("engines", ("engines", "engines.*", "schedulers", "schedulers.*", "schedules.model")),
     ("runtime", ("statechart", "backoff", "transport", "transport.*", "transport_*", "session", "lifecycle",
                  "channels", "controls", "outbox", "outbox_*", "commands", "commands_*", "health", "runtime",

@@ -105,8 +105,13 @@ def event_text(kind: str, engine: str, task_id: str | None, data: dict[str, Any]
     The outer keys are fixed, so their canonical (sorted) order is written out directly; only
     ``data`` goes through the canonical encoder. A test keeps the two forms identical.
     """
+    return event_text_with(kind, engine, task_id, canonical_tree_text(data), occurred_at)
+
+
+def event_text_with(kind: str, engine: str, task_id: str | None, data_text: str, occurred_at: float | None = None) -> str:
+    """``event_text`` for a ``data`` already in canonical text (redacted: see flatdata)."""
     return (
-        f'{{"data":{canonical_tree_text(data)},"engine":{_quoted(engine)},"id":"{new_event_id()}",'
+        f'{{"data":{data_text},"engine":{_quoted(engine)},"id":"{new_event_id()}",'
         f'"kind":{_quoted(str(kind))},"occurred_at":"{utc_text(occurred_at, EVENT_ZONE)}",'
         f'"task_id":{json_string("" if task_id is None else str(task_id))}}}'
     )

@@ -25,7 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..events import event_text
+from ..events import event_text_with
+from ..flatdata import FlatDataEncoder
+from ..protocol.canonical import canonical_tree_text
 from ..logs import get_logger
 
 if TYPE_CHECKING:
@@ -96,6 +98,7 @@ class EventSink:
         self.engine = engine
         self._buffer = buffer
         self._redactor = redactor
+        self._flat = FlatDataEncoder(redactor)
         self._on_error = on_error
         self._lock = threading.Lock()
         self.emitted = 0
@@ -112,7 +115,10 @@ class EventSink:
         return self._redactor
 
     def encode(self, kind: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> str:
-        return event_text(kind, self.engine, task_id, self._redactor.scrub_data(data), occurred_at)
+        text = self._flat.text(data)  # flat data (most started/succeeded events): remembered pieces
+        if text is None:
+            text = canonical_tree_text(self._redactor.scrub_data(data))
+        return event_text_with(kind, self.engine, task_id, text, occurred_at)
 
     def emit(self, kind: str, task_id: str | None, data: dict[str, Any], occurred_at: float | None = None) -> bool:
         """Make one event durable; False (and counted in the buffer's loss ledger) if it could not be."""
