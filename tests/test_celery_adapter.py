@@ -300,3 +300,53 @@ def test_request_store_in_a_forked_child_writes_its_own_records(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.get("child")["args"] == [2] and store.get("parent") is not None
     store.close()
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_received_request_is_kept_raw_and_retried_whole(brain, serializer):
+    """task_received keeps the message body as delivered (codec "raw"): retry_task publishes the
+    same arguments, user headers and link callbacks again, in the message's own serializer."""
+    from celery.worker import request as request_module
+    from celery.worker import strategy
+    from celery.concurrency.solo import TaskPool
+
+    from celery import signals
+
+    creds = brain.mint_agent(name=f"raw-{serializer}")
+    q = unique_queue()
+    app = make_app()
+    app.conf.update(task_serializer=serializer, accept_content=["json", "pickle"])
+    adapter = CeleryEngineAdapter(celery_app=app, outside_worker=True, capture_sent=False)
+    rt = install_agent(engines=[adapter], **creds.kwargs())
+    try:
+        t = app.z4j_tasks
+        res = app.send_task("inproc.add", args=(1, 2), kwargs={"token": "sk_live_" + "y" * 30}, queue=q,
+                            headers={"x-tenant": "t9"}, link=t["add"].s(10))
+        with Connection(REDIS_BROKER) as conn:
+            message = conn.default_channel.basic_get(q, no_ack=True)
+        assert message is not None
+        assert message.content_type == {"json": "application/json", "pickle": "application/x-python-serialize"}[serializer]
+        message.accept = {"application/json", "application/x-python-serialize"}  # as the worker's consumer sets it
+        req_cls = strategy.create_request_cls(request_module.Request, t["add"], TaskPool(), "w@h", None, app=app)
+        request = req_cls(message, app=app, hostname="w@h", task=t["add"], body=message.body, headers=message.headers,
+                          decoded=False, utc=True)
+        signals.task_received.send(sender=None, request=request)
+        adapter.store.flush()
+        with sqlite3.connect(adapter.store.path) as raw:
+            assert raw.execute("SELECT codec FROM celery_requests WHERE task_id = ?", (res.id,)).fetchone() == ("raw",)
+        record = adapter.store.get(res.id)
+        assert record["args"] == [1, 2] and record["kwargs"] == {"token": "sk_live_" + "y" * 30}
+        assert record["headers"] == {"x-tenant": "t9"} and record["routing_key"] == q
+        assert [cb["task"] for cb in record["callbacks"]] == ["inproc.add"]
+        out = adapter.retry_task(req("retry_task", task_id=res.id, task_name="inproc.add"))
+        with Connection(REDIS_BROKER) as conn:
+            again = conn.default_channel.basic_get(q, no_ack=True)
+        assert again.headers["id"] == out["new_task_id"] and again.headers["x-tenant"] == "t9"
+        from kombu.serialization import loads
+
+        args, kwargs, embed = loads(again.body, again.content_type, again.content_encoding, accept={again.content_type})
+        assert args == [1, 2] and kwargs == {"token": "sk_live_" + "y" * 30}
+        assert [cb["task"] for cb in embed["callbacks"]] == ["inproc.add"]
+    finally:
+        rt.stop(timeout=3)
+        clean_queue(REDIS_BROKER, q)

@@ -144,6 +144,21 @@ def test_lifecycle_with_events_flag(brain, start_worker):
     assert sorted(kinds_for(brain, res.id)) == ["task.received", "task.started", "task.succeeded"]
 
 
+def test_prefork_long_task_shows_received_and_started_while_it_runs(brain, start_worker):
+    """The prefork main process holds received/started for the task's outcome, but never longer
+    than celery_batch.HOLD_SECONDS: a long task is seen started while it still runs."""
+    worker = start_worker(broker=REDIS_BROKER, pool="prefork", boot="worker_init")
+    app = producer(worker.broker)
+    quick = app.send_task("z4jtest.add", args=(1, 2), queue=worker.queue)
+    brain.wait_for_task_state("celery", quick.id, "SUCCESS", timeout=30)
+    assert sorted(kinds_for(brain, quick.id)) == ["task.received", "task.started", "task.succeeded"]
+    slow = app.send_task("z4jtest.sleep", args=(6,), queue=worker.queue)  # no other task's outcome follows
+    started = one(brain, slow.id, "task.started", timeout=5)
+    assert one(brain, slow.id, "task.received", timeout=1)["occurred_at_ts"] <= started["occurred_at_ts"]
+    assert brain.event_count(engine="celery", kind="task.succeeded", task_id=slow.id) == 0  # still running
+    brain.wait_for_task_state("celery", slow.id, "SUCCESS", timeout=30)
+
+
 def test_install_in_each_pool_child(brain, start_worker):
     """install_agent on worker_process_init only: each child runs its own agent (child mode)."""
     worker = start_worker(broker=REDIS_BROKER, pool="prefork", boot="process_init", wait_online=False)

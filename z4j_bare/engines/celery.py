@@ -203,7 +203,7 @@ class CeleryEngineAdapter(EngineAdapter):
         if broker.last_error:
             out["broker_error"] = broker.last_error
         if self.store is not None and self.capture is not None:
-            out["pending_events"] = len(self.capture.batcher._events)
+            out["pending_events"] = self.capture.batcher.pending
         return out
 
     @fork_safe

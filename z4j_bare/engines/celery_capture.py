@@ -32,13 +32,13 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..events import EventKind
 from ..logs import get_logger
 from ..safety import safe_call, safe_str
+from .celery_batch import Batcher
 
 if TYPE_CHECKING:
     from .base import EventSink
@@ -49,7 +49,6 @@ log = get_logger(__name__)
 WRAPPED = ("on_accepted", "on_success", "on_failure", "on_retry")
 MAX_TRACEBACK = 4096
 MAX_MESSAGE = 2048
-MAX_BATCH = 2000
 _MARK_STARTED = "_z4j_started"
 _MARK_DONE = "_z4j_done"
 _RUNTIME = "_z4j_runtime"
@@ -63,87 +62,6 @@ CELERY_HEADERS = frozenset({
     "args", "kwargs", "is_eager", "callbacks", "errbacks", "chain", "chord", "loglevel", "logfile",
     "task_name", "headers", "subtask_id",
 })
-
-
-class Batcher:
-    """Collects events in the attaching process; a thread writes them."""
-
-    def __init__(self, sink: EventSink, store: RequestStore | None, interval: float) -> None:
-        self._sink = sink
-        self._store = store
-        self.interval = float(interval)
-        self._pid = os.getpid()
-        self._events: deque[tuple[str, str | None, dict, float | None]] = deque()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._flush_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def enable(self) -> None:
-        """Start batching (worker main process only: worker_shutdown flushes before the agent stops)."""
-        if self._thread is None and self.interval > 0 and os.getpid() == self._pid and not self._stop.is_set():
-            self._thread = threading.Thread(target=self._loop, name="z4j-celery-batch", daemon=True)
-            self._thread.start()
-
-    @property
-    def batching(self) -> bool:
-        return self._thread is not None and os.getpid() == self._pid and not self._stop.is_set()
-
-    def event(self, kind: str, task_id: str | None, data: dict, occurred_at: float | None = None) -> None:
-        if not self.batching:
-            self._sink.emit(kind, task_id, data, occurred_at)
-            return
-        q = self._events
-        if not q:
-            q.append((kind, task_id, data, occurred_at))
-            self._wake.set()
-        else:
-            q.append((kind, task_id, data, occurred_at))
-            if len(q) >= MAX_BATCH:
-                self._wake.set()
-
-    def events(self, items: list[tuple[str, str | None, dict, float | None]]) -> None:
-        if not self.batching:
-            self._sink.emit_many(items)
-            return
-        self._events.extend(items)
-        self._wake.set()
-
-    def record(self, task_id: str, record: dict) -> None:
-        if self._store is not None:  # the store queues and commits in bursts on its own thread
-            safe_call(self._store.put, task_id, record, site="celery.store.put")
-
-    def flush(self) -> None:
-        if os.getpid() != self._pid:
-            return
-        with self._flush_lock:
-            while self._events:
-                self._sink.emit_many(_take(self._events))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None and os.getpid() == self._pid:
-            self._thread.join(5.0)
-        self.flush()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
-            # Let a burst accumulate so one commit carries many events.
-            self._stop.wait(self.interval)
-            safe_call(self.flush, site="celery.batch.flush")
-
-
-def _take(q: deque) -> list:
-    out = []
-    try:
-        while len(out) < MAX_BATCH:
-            out.append(q.popleft())
-    except IndexError:
-        pass
-    return out
 
 
 def _exc_parts(exc: BaseException | None) -> tuple[str, str]:
@@ -164,13 +82,10 @@ def _queue(delivery_info: Any) -> str | None:
     return None
 
 
-def publish_record(name: str, args: Any, kwargs: Any, headers: dict, *, exchange: Any, routing_key: Any,
-                   priority: Any, embed: Any = None) -> dict[str, Any]:
-    """What retry_task needs to publish this request again (unredacted; stays on this host)."""
-    record: dict[str, Any] = {
+def routing_record(name: str, headers: dict, *, exchange: Any, routing_key: Any, priority: Any) -> dict[str, Any]:
+    """Where and how the request was published, minus its arguments (retry_task's other half)."""
+    return {
         "name": name,
-        "args": list(args or ()),
-        "kwargs": dict(kwargs or {}),
         "exchange": exchange if isinstance(exchange, str) else None,
         "routing_key": routing_key if isinstance(routing_key, str) else None,
         "priority": priority if isinstance(priority, int) else None,
@@ -181,6 +96,14 @@ def publish_record(name: str, args: Any, kwargs: Any, headers: dict, *, exchange
         "ignore_result": headers.get("ignore_result"),
         "headers": {k: v for k, v in headers.items() if k not in CELERY_HEADERS and isinstance(k, str)},
     }
+
+
+def publish_record(name: str, args: Any, kwargs: Any, headers: dict, *, exchange: Any, routing_key: Any,
+                   priority: Any, embed: Any = None) -> dict[str, Any]:
+    """What retry_task needs to publish this request again (unredacted; stays on this host)."""
+    record = routing_record(name, headers, exchange=exchange, routing_key=routing_key, priority=priority)
+    record["args"] = list(args or ())
+    record["kwargs"] = dict(kwargs or {})
     if isinstance(embed, dict):
         for key in ("callbacks", "errbacks", "chain", "chord"):
             if embed.get(key):
@@ -201,7 +124,7 @@ class CeleryCapture:
         self.pool_name: str | None = None
         self.in_worker = False
         self.child_mode = False
-        self.batcher = Batcher(sink, store, batch_interval if self._is_main_process() else 0.0)
+        self.batcher = Batcher(sink, batch_interval if self._is_main_process() else 0.0)
         self._patched: list[tuple[type, str, Any]] = []
         self._strategy_patch: tuple[Any, Any] | None = None
         self._receivers: list[tuple[Any, str]] = []  # (signal, dispatch_uid)
@@ -254,7 +177,7 @@ class CeleryCapture:
             # Installed from worker_ready: the worker is already up, announce it now.
             self._emit_online()
         log.info("celery.attached", hostname=self.hostname, child_mode=self.child_mode,
-                 batching=self.batcher.batching)
+                 batching=self.batcher.batching, holding=self.batcher.holding)
 
     def uninstall(self) -> None:
         if not self.installed:
@@ -339,13 +262,14 @@ class CeleryCapture:
                 req.__dict__[_RUNTIME] = failed__retval__runtime[2]
             except Exception:  # noqa: BLE001, S110
                 pass
-            result = original(req, failed__retval__runtime, *args, **kwargs)
+            # Durable before Celery acts on the outcome (it acks an acks_late task in there).
             safe_call(self._succeeded, req, failed__retval__runtime, site="celery.on_success")
-            return result
+            return original(req, failed__retval__runtime, *args, **kwargs)
         return on_success
 
     def _wrap_failure(self, original: Callable) -> Callable:
         def on_failure(req: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            safe_call(self.batcher.flush_held, site="celery.on_failure")
             try:
                 return original(req, exc_info, *args, **kwargs)
             finally:
@@ -354,6 +278,7 @@ class CeleryCapture:
 
     def _wrap_retry(self, original: Callable) -> Callable:
         def on_retry(req: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            safe_call(self.batcher.flush_held, site="celery.on_retry")
             result = original(req, exc_info, *args, **kwargs)
             safe_call(self._retried, req, exc_info, site="celery.on_retry")
             return result
@@ -391,18 +316,26 @@ class CeleryCapture:
         if prio is not None:
             data["broker_priority"] = prio
         now = time.time()
-        self.batcher.event(EventKind.TASK_RECEIVED, req.id, data, now)
+        self.batcher.early(EventKind.TASK_RECEIVED, req.id, data, now)
         seen = self._received_at
         seen[req.id] = now
         if len(seen) > MAX_ATTEMPTS_TRACKED:
             seen.pop(next(iter(seen)), None)
         if self.store is not None:
-            body = req.body
-            embed = body[2] if isinstance(body, (tuple, list)) and len(body) == 3 else None
-            self.batcher.record(req.id, publish_record(
-                req.type, req.args, req.kwargs, headers, exchange=delivery.get("exchange"),
-                routing_key=delivery.get("routing_key"), priority=prio, embed=embed,
-            ))
+            safe_call(self._remember, req, headers, delivery, prio, site="celery.store.put")
+
+    def _remember(self, req: Any, headers: dict, delivery: dict, prio: Any) -> None:
+        """Keep what retry_task needs: the raw message body when there is one (no re-encoding)."""
+        body = req.body
+        exchange, routing_key = delivery.get("exchange"), delivery.get("routing_key")
+        if isinstance(body, (bytes, str)) and not req._decoded:
+            meta = routing_record(req.type, headers, exchange=exchange, routing_key=routing_key, priority=prio)
+            meta["content_type"], meta["content_encoding"] = req.content_type, req.content_encoding
+            self.store.put_message(req.id, meta, body)
+            return
+        embed = body[2] if isinstance(body, (tuple, list)) and len(body) == 3 else None
+        self.store.put(req.id, publish_record(req.type, req.args, req.kwargs, headers, exchange=exchange,
+                                              routing_key=routing_key, priority=prio, embed=embed))
 
     def _started(self, req: Any) -> None:
         d = req.__dict__
@@ -411,7 +344,7 @@ class CeleryCapture:
         d[_MARK_STARTED] = True
         data = self._base(req)
         data["pid"] = req.worker_pid
-        self.batcher.event(EventKind.TASK_STARTED, req.id, data, req.time_start)
+        self.batcher.early(EventKind.TASK_STARTED, req.id, data, req.time_start)
 
     def _succeeded(self, req: Any, outcome: Any) -> None:
         failed, retval, runtime = outcome
@@ -525,6 +458,8 @@ class CeleryCapture:
         self.in_worker = True
         if not self.child_mode:
             self.batcher.enable()
+            if "prefork" in (self.pool_name or "").lower():  # tasks run in pool children: see celery_batch
+                self.batcher.hold_until_outcome()
 
     @staticmethod
     def _worker_running(worker: Any) -> bool:
@@ -692,7 +627,8 @@ class CeleryCapture:
         self._publishing.pending = None
         task_id, data, record, at = pending
         safe_call(self.batcher.event, EventKind.TASK_SENT, task_id, data, at, site="celery.after_task_publish")
-        safe_call(self.batcher.record, task_id, record, site="celery.after_task_publish")
+        if self.store is not None:  # the store queues and commits in bursts on its own thread
+            safe_call(self.store.put, task_id, record, site="celery.after_task_publish")
 
 
 def _result_repr(value: Any, task: Any) -> str:
