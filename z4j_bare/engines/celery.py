@@ -61,9 +61,10 @@ class CeleryEngineAdapter(EngineAdapter):
         worker_hostname: this worker's node name; learned from the worker when omitted.
         capture_sent: emit task.sent from before/after_task_publish; default (None) = only outside
             a worker (web apps, beat), since in a worker the subtask's own events follow anyway.
-        batch_interval: seconds the worker main process may gather events before one transaction.
-            The default 0 makes every event durable before the hook returns; a positive value trades
-            that window (events of a SIGKILLed main process in it are lost) for fewer commits.
+        batch_interval: seconds the worker main process may gather events before one write.
+            The default 0 makes every event durable before the worker acts on the task's outcome
+            (see docs/celery.md, "Durability"); a positive value trades that window (events of a
+            SIGKILLed main process in it are lost) for fewer writes.
         remember_requests: keep original publish parameters (bounded SQLite table next to the
             buffer) so retry_task works by reference without result_extended.
         outside_worker: also run the agent in a process that is not a Celery worker (a web app

@@ -20,10 +20,8 @@ Eager calls (``task_always_eager``, ``Task.apply``) have no Request: task_prerun
 retry signals with ``request.is_eager`` capture them, started and terminal written together.
 Producers get ``task.sent`` from before/after_task_publish.
 
-By default every event is committed before its hook returns. A worker whose main process is
-its bottleneck can set ``batch_interval`` (e.g. 0.05): its hooks then queue events in memory and
-a thread writes them in one transaction per interval, trading that window's durability if the
-main process is SIGKILLed. Outside the worker main process writes are always synchronous.
+Events are durable before the worker acts on a task's outcome: how they are written (at once,
+held for the outcome in a prefork main process, or by ``batch_interval``) is ``celery_batch``'s.
 """
 
 from __future__ import annotations
