@@ -147,3 +147,34 @@ def test_a_full_frame_waiting_goes_out_inside_the_linger(tmp_path):
     clock.now = 10.001  # inside the linger after those sends
     assert outbox.pump(_wire(signer, sent)) > 0, "full frames were held back as if partial"
     store.close()
+
+
+def test_a_partial_frame_lingers_without_reading_the_buffer(tmp_path):
+    """After a frame with less than a batch, the outbox does not even look at the buffer (a look
+    is an ingest pass) until LINGER_SECONDS passed; a backlog is sent frame after frame at once."""
+    from z4j_bare.outbox import LINGER_SECONDS
+
+    store = BufferStore(tmp_path / "b.sqlite")
+    reads = []
+    real_read = store.read
+    store.read = lambda **kw: reads.append(kw) or real_read(**kw)
+    clock, sent = Clock(), []
+    outbox = Outbox(store, max_inflight=4, clock=clock)
+    signer = Signer(KEY, BINDING)
+    try:
+        store.append("event", json.dumps({"id": "one", "kind": "task.received"}), engine="celery")
+        assert outbox.pump(_wire(signer, sent)) == 1  # nothing sent for a while: at once
+        store.append("event", json.dumps({"id": "two", "kind": "task.received"}), engine="celery")
+        reads.clear()
+        clock.now += LINGER_SECONDS / 2
+        assert outbox.pump(_wire(signer, sent)) == 0 and reads == []
+        clock.now += LINGER_SECONDS
+        assert outbox.pump(_wire(signer, sent)) == 1 and len(sent) == 2
+        # a burst met after the linger: full frames go out back to back, the tail waits again
+        store.append_many([("event", json.dumps({"id": str(i), "kind": "task.received"}), "celery")
+                           for i in range(3 * outbox.batch_target + 10)])
+        clock.now += LINGER_SECONDS * 1.5
+        frames = len(sent)
+        assert outbox.pump(_wire(signer, sent)) >= 2 * outbox.batch_target and len(sent) >= frames + 2
+    finally:
+        store.close()

@@ -86,7 +86,8 @@ class Outbox:
         self._head_since = 0.0
         self.stats = OutboxStats()
         self._ack_rate: float | None = None  # events/s the brain confirms, smoothed
-        self._last_send = 0.0
+        self._last_send = float("-inf")  # no send yet: nothing to linger after
+        self._backlog = False  # the last read filled its limit: more may be waiting
         self._row_bytes = 64  # mean event size of the last frame (a low first guess reads enough)
         self.batch_target = min(INITIAL_BATCH_EVENTS, self._max_events)
 
@@ -147,16 +148,18 @@ class Outbox:
         The final drain passes ``linger=False``.
         """
         handled = 0
-        if linger and self._clock() - self._last_send < LINGER_SECONDS:
-            unsent = self._buffer.depth_after_ingest() - sum(len(b.row_ids) for b in self._inflight.values())
-            if unsent < self._read_limit():
-                return 0  # not even a full frame waiting: do not read it yet
+        if linger and not self._backlog and self._clock() - self._last_send < LINGER_SECONDS:
+            # The last read found less than a frame: let the next one fill without looking (a
+            # look means an ingest pass, and under a steady stream the I/O thread would then
+            # compete with the host's threads for the GIL on every ack instead of ~20 times a second).
+            return 0
         while len(self._inflight) < self._max_inflight:
             limit = self._read_limit()
             rows = self._buffer.read(after_id=self._cursor, limit=limit)
+            self._backlog = len(rows) >= limit
             if not rows:
                 break
-            if linger and len(rows) < limit and self._clock() - self._last_send < LINGER_SECONDS:
+            if linger and not self._backlog and self._clock() - self._last_send < LINGER_SECONDS:
                 break  # a partial frame: let it fill a little
             handled += self._ship(rows, send)
         return handled
