@@ -13,6 +13,7 @@ from .engines.base import EngineAdapter
 from .framework import BareFrameworkAdapter
 from .logs import get_logger
 from .protocol import deployment_id
+from .redaction_deferred import DeferredRedactor
 from .runtime import AgentRuntime
 from .safety import set_strict_mode
 
@@ -74,6 +75,7 @@ def _install(config: Config, engines: Sequence[EngineAdapter], framework: BareFr
                 _current = None
             raise
         atexit.register(_stop_at_exit, runtime)
+        _warm(runtime)
     return runtime
 
 
@@ -103,16 +105,10 @@ def build_runtime(config: Config, engines: Sequence[EngineAdapter], framework: B
                   *, schedulers: Sequence[Any] | None = None) -> AgentRuntime:
     """Everything install_agent does except the singleton and start (for tests and doctor)."""
     from .buffer import BufferStore
-    from .redaction import Redactor
 
     if config.strict_mode:
         set_strict_mode(True)
-    redactor = Redactor(
-        extra_key_patterns=config.redaction_extra_key_patterns,
-        extra_value_patterns=config.redaction_extra_value_patterns,
-        max_value_bytes=config.max_payload_bytes,
-        max_event_bytes=config.max_event_bytes,
-    )
+    redactor = _redactor(config)
     buffer = BufferStore.open_for_deployment(
         config.home, deployment_id(config.key), buffer_path=config.buffer_path,
         max_rows=config.buffer_max_events, max_bytes=config.buffer_max_bytes, spool=config.buffer_spool,
@@ -123,6 +119,27 @@ def build_runtime(config: Config, engines: Sequence[EngineAdapter], framework: B
     except BaseException:
         buffer.close()
         raise
+
+
+def _redactor(config: Config) -> Any:
+    def build() -> Any:
+        from .redaction import Redactor
+
+        return Redactor(extra_key_patterns=config.redaction_extra_key_patterns,
+                        extra_value_patterns=config.redaction_extra_value_patterns,
+                        max_value_bytes=config.max_payload_bytes, max_event_bytes=config.max_event_bytes)
+
+    if config.redaction_extra_key_patterns or config.redaction_extra_value_patterns:
+        return build()  # the redactor may refuse a configured pattern: install_agent must say so
+    # The built-in patterns cannot fail: built after install_agent returns (see _warm).
+    return DeferredRedactor(build, max_event_bytes=config.max_event_bytes, max_value_bytes=config.max_payload_bytes)
+
+
+def _warm(runtime: AgentRuntime) -> None:
+    """After start, off the caller's thread: what the first event and the first connect need."""
+    warm = getattr(runtime.redactor, "warm", None)
+    if warm is not None:
+        threading.Thread(target=warm, name="z4j-warm", daemon=True).start()
 
 
 def current_runtime() -> AgentRuntime | None:

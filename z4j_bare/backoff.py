@@ -6,9 +6,12 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 
-from tenacity import AttemptManager, RetryCallState, RetryError, Retrying, retry_if_exception_type
+from typing import TYPE_CHECKING, Any
 
 from .protocol import BACKOFF_POLICIES, BackoffClass, BackoffPolicy
+
+if TYPE_CHECKING:  # tenacity itself is imported by the I/O thread, when it first reconnects
+    from tenacity import AttemptManager, RetryCallState
 
 
 class SessionEnded(Exception):
@@ -77,10 +80,8 @@ class Reconnects:
     def __init__(self, backoff: Backoff, *, stopping: threading.Event, sleep: Callable[[float], None],
                  before_sleep: Callable[[RetryCallState], None]) -> None:
         self._stopping = stopping
-        self._attempts = iter(Retrying(
-            wait=backoff.wait, sleep=sleep, stop=lambda _state: stopping.is_set(),
-            retry=retry_if_exception_type(SessionEnded), before_sleep=before_sleep,
-        ))
+        self._retrying = (backoff.wait, sleep, before_sleep)
+        self._attempts: Any = None  # tenacity's loop, made by the I/O thread at its first attempt
         self._attempt: AttemptManager | None = None
 
     def next_attempt(self, failure: SessionEnded | None) -> bool:
@@ -88,6 +89,15 @@ class Reconnects:
             self._attempt.retry_state.set_exception((type(failure), failure, None))
         if self._stopping.is_set():
             return False
+        from tenacity import RetryError, Retrying, retry_if_exception_type
+
+        if self._attempts is None:
+            wait, sleep, before_sleep = self._retrying
+            stopping = self._stopping
+            self._attempts = iter(Retrying(
+                wait=wait, sleep=sleep, stop=lambda _state: stopping.is_set(),
+                retry=retry_if_exception_type(SessionEnded), before_sleep=before_sleep,
+            ))
         try:
             self._attempt = next(self._attempts)
         except (RetryError, StopIteration):

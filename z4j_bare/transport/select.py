@@ -18,11 +18,11 @@ from ..logs import get_logger
 from ..protocol import utc_text
 from .base import TlsSettings, Transport, TransportError
 from .clock import BrainClock
-from .longpoll import LongPollTransport
-from .websocket import WebSocketTransport
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .longpoll import LongPollTransport
+    from .websocket import WebSocketTransport
 
 log = get_logger(__name__)
 
@@ -74,7 +74,7 @@ class TransportChoice:
 
     def should_leave(self, transport: Transport) -> str | None:
         """Why a running session should end to try WebSocket again (auto on long-poll), or None."""
-        if self.mode != "auto" or transport.name != LongPollTransport.name or not self._websocket_due():
+        if self.mode != "auto" or transport.name != "longpoll" or not self._websocket_due():
             return None
         return f"auto: trying WebSocket again after {self.ws_retry_seconds:g} s on long-poll"
 
@@ -87,12 +87,16 @@ class TransportChoice:
                 "next_websocket_try_at": _wall(self._fallback_wall + self.ws_retry_seconds)}
 
     def websocket(self) -> WebSocketTransport:
+        from .websocket import WebSocketTransport  # on first use, by the I/O thread
+
         cfg = self._config
         return WebSocketTransport(cfg.ws_url, cfg.token.reveal(), self._key, timeout=cfg.connect_timeout,
                                   tls=self._tls(), heartbeat_default=float(cfg.heartbeat_seconds),
                                   stopping=self._stopping)
 
     def longpoll(self) -> LongPollTransport:
+        from .longpoll import LongPollTransport  # on first use, by the I/O thread
+
         cfg = self._config
         return LongPollTransport(cfg.brain_url, cfg.token.reveal(), self._key, agent_id=cfg.agent_id,
                                  timeout=cfg.connect_timeout, tls=self._tls(), heartbeat=float(cfg.heartbeat_seconds),
