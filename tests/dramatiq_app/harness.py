@@ -109,7 +109,8 @@ def assert_clean_log(log: str) -> None:
     """No capture error, swallowed agent error or failed agent start in a command's log."""
     for problem in ("safety.swallowed", "capture_off", "Unexpected failure", "agent_not_started",
                     "no_agent_process"):
-        assert problem not in log, log[-6000:]
+        at = log.find(problem)
+        assert at < 0, f"{problem!r} in the log:\n{log[max(0, at - 3000):at + 3000]}"
 
 
 def flush_namespace() -> None:

@@ -12,7 +12,10 @@ already?), dead-letter details and reconcile.
 Writers only queue: a background thread per process commits a burst in one transaction about
 20 ms later (model: the Celery request store). Records queued when a process is SIGKILLed are
 lost; those messages are then "not known to this agent" and a retry says so. An older write
-never overwrites a newer one (rows carry the time of the observation).
+never overwrites a newer one (rows carry the time of the observation). A commit the file refuses
+(another process holds it past the busy timeout, or is still creating it) keeps its rows queued
+and the writer tries again with a growing pause; only a file that keeps refusing is worth a
+warning, and then the oldest rows beyond ``MAX_QUEUED`` are dropped and counted.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ MAX_BODY_BYTES = 1 << 20
 LINGER_SECONDS = 0.02
 MAX_QUEUED = 20_000
 PRUNE_EVERY = 2000
+RETRY_MAX_SECONDS = 2.0
+WARN_AFTER_REFUSALS = 8     # about 6 s of refusals in a row
 _INHERITED: list[sqlite3.Connection] = []
 
 _SCHEMA = (
@@ -68,11 +73,13 @@ class MessageStore:
     """message_id -> the message as sent, its queue, actor, state. Thread-safe, any process."""
 
     def __init__(self, path: str | os.PathLike[str], *, max_rows: int = DEFAULT_MAX_ROWS,
-                 ttl: float = DEFAULT_TTL_SECONDS, linger: float = LINGER_SECONDS) -> None:
+                 ttl: float = DEFAULT_TTL_SECONDS, linger: float = LINGER_SECONDS,
+                 busy_timeout: float = 5.0) -> None:
         self.path = str(path)
         self.max_rows = max(1, int(max_rows))
         self.ttl = float(ttl)
         self.linger = float(linger)
+        self.busy_timeout = float(busy_timeout)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._queue_lock = threading.Lock()
@@ -82,6 +89,7 @@ class MessageStore:
         self._pid = os.getpid()
         self._since_prune = 0
         self._closed = False
+        self.dropped = 0  # rows given up after the file kept refusing them (see the module docstring)
 
     def __repr__(self) -> str:
         return f"MessageStore(path={self.path!r}, max_rows={self.max_rows})"
@@ -90,12 +98,16 @@ class MessageStore:
         if self._conn is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             os.close(fd)
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            for stmt in _SCHEMA:
-                conn.execute(stmt)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                for stmt in _SCHEMA:
+                    conn.execute(stmt)
+            except BaseException:
+                conn.close()  # set up again from scratch next time
+                raise
             self._conn = conn
         return self._conn
 
@@ -124,18 +136,36 @@ class MessageStore:
                 batch, self._queued = self._queued, []
             if not batch:
                 return
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(_PUT, batch)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn = self._commit(batch)
+            except sqlite3.OperationalError:
+                self._requeue(batch)
                 raise
             self._since_prune += len(batch)
             if self._since_prune >= PRUNE_EVERY:
                 self._since_prune = 0
                 self._prune(conn)
+
+    def _commit(self, batch: list[tuple]) -> sqlite3.Connection:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_PUT, batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return conn
+
+    def _requeue(self, batch: list[tuple]) -> None:
+        """Put a refused batch back in front of what was queued since, within ``MAX_QUEUED``."""
+        with self._queue_lock:
+            self._queued[:0] = batch
+            excess = len(self._queued) - MAX_QUEUED
+            if excess > 0:
+                del self._queued[:excess]
+                self.dropped += excess
 
     def _ensure_writer(self) -> None:
         if self._writer is None:
@@ -147,12 +177,27 @@ class MessageStore:
 
     def _write_loop(self) -> None:
         wake = self._wake
+        refusals = 0
         while not self._closed:
-            wake.wait()
+            wake.wait(None if refusals == 0 else min(RETRY_MAX_SECONDS, 0.05 * 2 ** refusals))
             wake.clear()
             if not self._closed:
                 time.sleep(self.linger)
-            safe_call(self.flush, site="dramatiq.store.flush")
+            refusals = safe_call(self._flush_once, refusals, site="dramatiq.store.flush", default=0)
+
+    def _flush_once(self, refusals: int) -> int:
+        """One flush for the writer thread; returns how many flushes in a row the file refused."""
+        try:
+            self.flush()
+        except sqlite3.OperationalError as exc:
+            # A busy or half-created file is normal for a moment when several processes start at
+            # once, and the rows wait in the queue. Only a file that keeps refusing is news.
+            refusals += 1
+            level = log.warning if refusals == WARN_AFTER_REFUSALS else log.debug
+            level("dramatiq.store.refused", path=self.path, error=getattr(exc, "sqlite_errorname", "?"),
+                  refusals=refusals, queued=len(self._queued), dropped=self.dropped)
+            return refusals
+        return 0
 
     def _check_process(self) -> None:
         if self._pid == os.getpid():
