@@ -18,7 +18,7 @@
    once, clock until ``GET /tasks?state=success`` counts N. Events per message are counted on
    the local brain in step 1, not assumed.
 
-Redis: ``Z4J_TEST_REDIS`` (default 127.0.0.1:6379), db 6, a fresh key namespace per run.
+Redis: ``Z4J_BENCH_REDIS`` (else ``Z4J_TEST_REDIS``, else 127.0.0.1:6379), db 6, a fresh key namespace per run.
 Results: docs/performance.md, section "Dramatiq".
 """
 
@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from bench.suite.common import (
     APPS,
     OUR_PY,
+    REDIS_SERVER,
     BrainProc,
     clean_env,
     load_realbrain,
@@ -51,7 +52,7 @@ from bench.suite.common import (
 )
 from bench.suite.workloads import LocalTarget, RealTarget
 
-REDIS = os.environ.get("Z4J_TEST_REDIS", "redis://127.0.0.1:6379") + "/6"
+REDIS = f"{REDIS_SERVER}/6"  # the suite uses 7 and 8 of the same server
 QUEUE = "bench"
 
 
