@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+CODE = re.compile(r"^Code: commit ([0-9a-f]{7,40})", re.MULTILINE)
 START = "<!-- bench:side-by-side:start (written by `make bench`; edit bench/suite/report.py instead) -->"
 END = "<!-- bench:side-by-side:end -->"
 
@@ -80,3 +82,31 @@ def machine_line(m: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.2f}" for x in m["load"])
     return (f"{m['nproc']} CPUs ({m['cpu']}), {m['mem']} RAM, Linux {m['kernel']}, Python {m['python']}, "
             f"SQLite {m['sqlite']}; load average at start {load}")
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def code_commit(repo: Path) -> str:
+    """The measured commit, marked when the checkout has uncommitted changes to tracked files."""
+    head = _git(repo, "rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" (with uncommitted changes)" if _git(repo, "status", "--porcelain", "--untracked-files=no") else "")
+
+
+def changes_since_last(repo: Path, doc: Path, limit: int = 8) -> str:
+    """The commits since the one the table in ``doc`` was measured at (else the last commit)."""
+    match = CODE.search(doc.read_text()) if doc.is_file() else None
+    if match:
+        span, what = f"{match.group(1)}..HEAD", f"commits since {match.group(1)}"
+    else:
+        span, what = "-1", "the last commit"
+    subjects = [line if len(line) <= 90 else line[:87] + "..." for line in _git(repo, "log", "--format=%h %s", span).splitlines()]
+    if not subjects:
+        return f"none ({what}: no commit)"
+    more = f"; and {len(subjects) - limit} more" if len(subjects) > limit else ""
+    return f"{what}: " + "; ".join(subjects[:limit]) + more
