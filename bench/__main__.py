@@ -267,6 +267,9 @@ METHOD = """How it is measured (bench/suite/, one process per agent run, both ag
   `z4j_rq.engine.RqEngineAdapter`, `dev_mode=True`), credentials of the local brain in the
   environment, one Z4J_HOME per agent kept across runs (as a cron job's is), one unmeasured run
   first; medians (bench/suite/probes/start.py).
+- Every process the bench starts keeps its bytecode in `.bench/pycache` (PYTHONPYCACHEPREFIX;
+  PYTHONDONTWRITEBYTECODE is dropped): an installed package has its .pyc, and without them our
+  editable checkout would be compiled from source at every start (about 50 ms of the start row).
 - Raw numbers of every run: `.bench/results-<time>.json`. Figures swing with CPU contention on
   this shared 2-core VM: compare the two columns of one run, not runs with each other."""
 

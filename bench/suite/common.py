@@ -72,8 +72,16 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
+# Bytecode of every process the bench starts, kept here: an installed package has its .pyc (pip
+# compiles the reference's at install), while ours is an editable checkout that
+# PYTHONDONTWRITEBYTECODE (set on some machines) would make every process compile from source.
+PYCACHE = REPO / ".bench" / "pycache"
+
+
 def clean_env(extra: dict[str, str] | None = None, pythonpath: str | None = str(APPS)) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("Z4J_", "PYTHONPATH", "VIRTUAL_ENV"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("Z4J_", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"))}
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     env["PYTHONUNBUFFERED"] = "1"
