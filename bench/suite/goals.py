@@ -61,8 +61,8 @@ def rq_parent(agent: str, brain: BrainProc, ref_py: Path | None) -> dict[str, An
                                 env=clean_env(agent_env(agent, creds, home)), cwd=outside_cwd(), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        idle = lambda sent: q.count == 0 and not q.started_job_registry.count  # noqa: E731
-        describe = lambda: Path(log_path).read_text()[-2000:]  # noqa: E731
+        idle = lambda sent: q.count == 0 and not q.started_job_registry.count
+        describe = lambda: Path(log_path).read_text()[-2000:]
         if agent == "none":
             job = q.enqueue("benchjobs.noop")
             _wait(lambda: job.get_status(refresh=True) == "finished", 60, f"rq parent ({agent})", describe)

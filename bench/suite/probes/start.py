@@ -14,12 +14,12 @@ import time
 
 T_PROCESS = time.perf_counter()
 
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
+import json
+import os
+import sys
 
-import redis  # noqa: E402
-import rq  # noqa: E402, F401
+import redis
+import rq  # noqa: F401
 
 T_ENGINE = time.perf_counter()
 
