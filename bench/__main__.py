@@ -209,7 +209,7 @@ def docs_section(rows: list[Row], mach: dict[str, Any], res: dict[str, Any], com
         (f"Command: `{command}` (= `.venv/bin/python -m bench`; `--quick` for a smoke run). Run of "
          f"{mach['date']}, {elapsed:.0f} s wall."),
         f"Machine: {machine_line(mach)}; at the end {load_end}.",
-        f"Code: commit {mach['code']}. What changed since the last run: {mach['changes']}.",
+        f"Code: commit {mach['code']}. What changed since the last run: {mach['changes'].rstrip('.')}.",
         "",
         markdown_table(rows),
         "",
