@@ -75,7 +75,6 @@ def _install(config: Config, engines: Sequence[EngineAdapter], framework: BareFr
                 _current = None
             raise
         atexit.register(_stop_at_exit, runtime)
-        _warm(runtime)
     return runtime
 
 
@@ -131,15 +130,8 @@ def _redactor(config: Config) -> Any:
 
     if config.redaction_extra_key_patterns or config.redaction_extra_value_patterns:
         return build()  # the redactor may refuse a configured pattern: install_agent must say so
-    # The built-in patterns cannot fail: built after install_agent returns (see _warm).
+    # The built-in patterns cannot fail: built by the I/O thread after install_agent returns.
     return DeferredRedactor(build, max_event_bytes=config.max_event_bytes, max_value_bytes=config.max_payload_bytes)
-
-
-def _warm(runtime: AgentRuntime) -> None:
-    """After start, off the caller's thread: what the first event and the first connect need."""
-    warm = getattr(runtime.redactor, "warm", None)
-    if warm is not None:
-        threading.Thread(target=warm, name="z4j-warm", daemon=True).start()
 
 
 def current_runtime() -> AgentRuntime | None:

@@ -81,25 +81,34 @@ class Reconnects:
                  before_sleep: Callable[[RetryCallState], None]) -> None:
         self._stopping = stopping
         self._retrying = (backoff.wait, sleep, before_sleep)
-        self._attempts: Any = None  # tenacity's loop, made by the I/O thread at its first attempt
+        self._attempts: Any = None  # tenacity's loop, made when the first attempt fails
         self._attempt: AttemptManager | None = None
 
     def next_attempt(self, failure: SessionEnded | None) -> bool:
+        if self._attempts is None:
+            if failure is None:
+                # The first attempt waits for nothing: tenacity (half a MiB a forking worker parent
+                # would carry) loads only when an attempt fails, and its loop's first attempt then
+                # stands for the one that failed.
+                return not self._stopping.is_set()
+            self._attempts = self._loop()
+            self._attempt = next(self._attempts)
         if self._attempt is not None and failure is not None:
             self._attempt.retry_state.set_exception((type(failure), failure, None))
         if self._stopping.is_set():
             return False
-        from tenacity import RetryError, Retrying, retry_if_exception_type
+        from tenacity import RetryError
 
-        if self._attempts is None:
-            wait, sleep, before_sleep = self._retrying
-            stopping = self._stopping
-            self._attempts = iter(Retrying(
-                wait=wait, sleep=sleep, stop=lambda _state: stopping.is_set(),
-                retry=retry_if_exception_type(SessionEnded), before_sleep=before_sleep,
-            ))
         try:
             self._attempt = next(self._attempts)
         except (RetryError, StopIteration):
             return False
         return not self._stopping.is_set()
+
+    def _loop(self) -> Any:
+        from tenacity import Retrying, retry_if_exception_type
+
+        wait, sleep, before_sleep = self._retrying
+        stopping = self._stopping
+        return iter(Retrying(wait=wait, sleep=sleep, stop=lambda _state: stopping.is_set(),
+                             retry=retry_if_exception_type(SessionEnded), before_sleep=before_sleep))

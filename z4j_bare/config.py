@@ -30,7 +30,6 @@ Secrets (`token`, `hmac_secret`) are held in `Secret` and never appear in `repr`
 
 from __future__ import annotations
 
-import difflib
 import hmac as _hmac
 import ipaddress
 import json
@@ -739,6 +738,8 @@ class Config:
         """
         unknown = [k for k in kwargs if k not in OPTIONS_BY_NAME]
         if unknown:
+            import difflib  # only for this error: a forking worker parent never carries it
+
             hints = []
             for name in unknown:
                 close = difflib.get_close_matches(name, OPTIONS_BY_NAME, n=1)

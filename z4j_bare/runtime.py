@@ -132,9 +132,18 @@ class AgentRuntime:
             safe_call(self.buffer.adopt_orphans, site="runtime.adopt_orphans")
             call_each(self._handlers, "start")
             self._health.start()
-            self._thread = threading.Thread(target=self.lifecycle.run, name="z4j-agent-io", daemon=True)
+            self._thread = threading.Thread(target=self._io_main, name="z4j-agent-io", daemon=True)
             self._thread.start()
         return self
+
+    def _io_main(self) -> None:
+        # What the first events need and install_agent did not wait for (a deferred redactor),
+        # built here rather than on a thread of its own: a forking worker parent keeps every
+        # thread's malloc arena for good.
+        warm = getattr(self.redactor, "warm", None)
+        if warm is not None:
+            safe_call(warm, site="runtime.warm")
+        self.lifecycle.run()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Drain within ``timeout`` seconds, close cleanly, join. Idempotent; True if fully drained.

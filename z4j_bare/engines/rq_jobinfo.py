@@ -19,7 +19,6 @@ import datetime as _dt
 import io
 import json
 import pickle
-import pickletools
 import zlib
 from typing import Any
 
@@ -97,6 +96,8 @@ def func_name_from_data(data: bytes | None) -> str | None:
     if not data:
         return None
     if data[:1] == b"\x80":
+        import pickletools  # here, not at import: the forking parent should not carry it
+
         try:
             for index, (op, arg, _pos) in enumerate(pickletools.genops(io.BytesIO(data))):
                 if op.name in _STRING_OPS:
