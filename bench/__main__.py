@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .suite import goals as g
@@ -162,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/performance.md")
     parser.add_argument("--changes", help="what changed since the last run, for the docs (default: the commits "
                                           "since the one the previous table names)")
+    parser.add_argument("--render", metavar="RESULTS_JSON", help="no run: write the docs table again from a raw "
+                                                               "results file (.bench/results-*.json)")
     args = parser.parse_args(argv)
+    if args.render:
+        return render(Path(args.render))
     plan = QUICK if args.quick else FULL
     if args.real_tasks:
         plan = Plan(**{**plan.__dict__, "real_tasks": args.real_tasks})
@@ -179,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     res["load_at_end"] = __import__("os").getloadavg()
     rows = build_rows(res, plan)
     elapsed = time.monotonic() - clock.t0
+    res["command"], res["elapsed_s"] = command, elapsed
 
     print()
     print(text_table(rows))
@@ -197,6 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         section = docs_section(rows, mach, res, command, elapsed, plan)
         write_docs(doc, section)
         print("table written to docs/performance.md (section 'Side by side')")
+    return 0
+
+
+def render(raw: Path) -> int:
+    """The docs table from a finished run's raw results, with the rows as this checkout builds them."""
+    res = json.loads(raw.read_text())
+    plan = Plan(**res["plan"])
+    rows = build_rows(res, plan)
+    print(text_table(rows))
+    section = docs_section(rows, res["machine"], res, res.get("command", "make bench"), res.get("elapsed_s", 0.0), plan)
+    write_docs(REPO / "docs" / "performance.md", section)
+    print(f"table written to docs/performance.md (section 'Side by side') from {raw}")
     return 0
 
 

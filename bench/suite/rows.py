@@ -41,16 +41,18 @@ def _real_rows(res: dict[str, Any], plan: Any, engine: str, label: str) -> list[
     ref_eps = r["tasks"] * er / r["seconds"] if r else None
     local_rate = res[f"local_{engine}_ours"]["tasks_per_s"]
     offered = local_rate * eo
+    # Issue 22: at the brain's limit, or at the worker's where the worker offers fewer events than
+    # the brain takes (the same worker's rate against the local brain, which is never the bound).
+    goal = ">= 90% of min(ceiling, offered)"
+    met = ours_eps >= 0.9 * min(ceiling, offered) and o["ok"]
     if r:
-        goal, met = ">= 90% of ceiling and >= 3x ref", ours_eps >= 0.9 * ceiling and ours_eps >= 3 * ref_eps and o["ok"]
         versus = f"{o['seconds']:.1f} s vs {r['seconds']:.1f} s first enqueue -> all final; {eo:.2f} vs {er:.2f}"
-    else:  # no reference agent for this engine: the worker may be what bounds the rate
-        goal = ">= 90% of ceiling or worker-bound"
-        met = ours_eps >= 0.9 * min(ceiling, offered) and o["ok"]
+    else:
         versus = f"{o['seconds']:.1f} s first enqueue -> all final (no reference agent); {eo:.2f}"
     timed_out = "" if o["ok"] and (not r or r["ok"]) else f"; TIMED OUT ours={not o['ok']} ref={bool(r) and not r['ok']}"
     rows.append(Row(f"(a) {label} {plan.real_tasks} tasks -> real brain, delivered events/s", ours_eps, ref_eps, "ev/s",
-                    goal, met, f"ours {ours_eps / ceiling:.0%} of the ceiling; {versus} events/task (counted on the "
+                    goal, met, f"ours {ours_eps / ceiling:.0%} of the ceiling, {ours_eps / offered:.0%} of what the worker offered "
+                               f"({offered:.0f} ev/s); {versus} events/task (counted on the "
                                f"local brain){timed_out}"))
     rows.append(Row(f"(a) {label} {plan.real_tasks} tasks -> real brain, tasks final/s", o["tasks_per_s"],
                     r["tasks_per_s"] if r else None, "tasks/s",
