@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.suite import workloads as w  # noqa: E402
-from bench.suite.common import BrainProc, ref_python  # noqa: E402
+from bench.suite import workloads as w
+from bench.suite.common import BrainProc, ref_python
 
 
 def main(rounds: int = 5, jobs: int = 400) -> None:

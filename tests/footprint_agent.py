@@ -17,8 +17,8 @@ import rq  # noqa: F401
 
 before = set(sys.modules)
 
-from z4j_bare import install_agent  # noqa: E402
-from z4j_rq import RqEngineAdapter  # noqa: E402
+from z4j_bare import install_agent
+from z4j_rq import RqEngineAdapter
 
 runtime = install_agent(engines=[RqEngineAdapter(redis_url=os.environ["Z4J_TEST_REDIS"])])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Mapping
-
 from typing import TYPE_CHECKING, Any
 
 from .protocol import BACKOFF_POLICIES, BackoffClass, BackoffPolicy

@@ -17,8 +17,8 @@ by hooking ``create_request_cls`` in ``celery.worker.strategy``. A per-request m
 subclass wrapper and a base wrapper from reporting the same moment twice.
 
 Eager calls (``task_always_eager``, ``Task.apply``) have no Request: task_prerun/postrun/failure/
-retry signals with ``request.is_eager`` capture them, started and terminal written together.
-Producers get ``task.sent`` from before/after_task_publish.
+retry signals with ``request.is_eager`` capture them (``celery_inline``, also pool-child mode).
+Producers get ``task.sent`` from before/after_task_publish (``celery_publish``).
 
 Events are durable before the worker acts on a task's outcome: how they are written (at once,
 held for the outcome in a prefork main process, or by ``batch_interval``) is ``celery_batch``'s.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,9 @@ from ..events import EventKind
 from ..logs import get_logger
 from ..safety import safe_call, safe_str
 from .celery_batch import Batcher
+from .celery_fields import MAX_MESSAGE, MAX_TRACEBACK, exc_parts, queue_of
+from .celery_inline import InlineCapture
+from .celery_publish import PublishCapture, publish_record, routing_record
 
 if TYPE_CHECKING:
     from .base import EventSink
@@ -45,69 +47,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 WRAPPED = ("on_accepted", "on_success", "on_failure", "on_retry")
-MAX_TRACEBACK = 4096
-MAX_MESSAGE = 2048
 _MARK_STARTED = "_z4j_started"
 _MARK_DONE = "_z4j_done"
 _RUNTIME = "_z4j_runtime"
 MAX_ATTEMPTS_TRACKED = 10_000
-
-# Protocol-2 headers Celery sets itself; every other header is the user's and is kept on retry.
-CELERY_HEADERS = frozenset({
-    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
-    "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting",
-    "stamped_headers", "stamps", "properties", "reply_to", "correlation_id", "hostname", "delivery_info",
-    "args", "kwargs", "is_eager", "callbacks", "errbacks", "chain", "chord", "loglevel", "logfile",
-    "task_name", "headers", "subtask_id",
-})
-
-
-def _exc_parts(exc: BaseException | None) -> tuple[str, str]:
-    """(type name, message); unwraps Celery's pickling wrappers."""
-    if exc is None:
-        return "Exception", ""
-    inner = getattr(exc, "exc", None)
-    if type(exc).__name__ == "ExceptionWithTraceback" and isinstance(inner, BaseException):
-        exc = inner
-    name = getattr(exc, "exc_cls_name", None) or type(exc).__name__
-    message = getattr(exc, "exc_msg", None)
-    return str(name), safe_str(exc if message is None else message)[:MAX_MESSAGE]
-
-
-def _queue(delivery_info: Any) -> str | None:
-    if isinstance(delivery_info, dict):
-        return delivery_info.get("routing_key") or delivery_info.get("exchange") or None
-    return None
-
-
-def routing_record(name: str, headers: dict, *, exchange: Any, routing_key: Any, priority: Any) -> dict[str, Any]:
-    """Where and how the request was published, minus its arguments (retry_task's other half)."""
-    return {
-        "name": name,
-        "exchange": exchange if isinstance(exchange, str) else None,
-        "routing_key": routing_key if isinstance(routing_key, str) else None,
-        "priority": priority if isinstance(priority, int) else None,
-        "root_id": headers.get("root_id"),
-        "parent_id": headers.get("parent_id"),
-        "shadow": headers.get("shadow"),
-        "timelimit": headers.get("timelimit"),
-        "ignore_result": headers.get("ignore_result"),
-        "headers": {k: v for k, v in headers.items() if k not in CELERY_HEADERS and isinstance(k, str)},
-    }
-
-
-def publish_record(name: str, args: Any, kwargs: Any, headers: dict, *, exchange: Any, routing_key: Any,
-                   priority: Any, embed: Any = None) -> dict[str, Any]:
-    """What retry_task needs to publish this request again (unredacted; stays on this host)."""
-    record = routing_record(name, headers, exchange=exchange, routing_key=routing_key, priority=priority)
-    record["args"] = list(args or ())
-    record["kwargs"] = dict(kwargs or {})
-    if isinstance(embed, dict):
-        for key in ("callbacks", "errbacks", "chain", "chord"):
-            if embed.get(key):
-                record[key] = embed[key]
-    return record
-
 
 class CeleryCapture:
     """Owns every hook the adapter installs; ``install``/``uninstall`` are idempotent."""
@@ -127,8 +70,8 @@ class CeleryCapture:
         self._strategy_patch: tuple[Any, Any] | None = None
         self._receivers: list[tuple[Any, str]] = []  # (signal, dispatch_uid)
         self._uid = os.urandom(8).hex()
-        self._eager = threading.local()
-        self._publishing = threading.local()
+        self.inline = InlineCapture(sink)
+        self.publish = PublishCapture(self.batcher, store, self._sent_enabled)
         self._online_sent = False
         self.installed = False
         self.seen_queues: dict[str, None] = {}
@@ -156,6 +99,7 @@ class CeleryCapture:
         worker = _find_worker_in_stack()
         if worker is not None:
             self._learn_worker(worker)
+        self.inline.child_mode = self.child_mode
         if self.child_mode:
             self.in_worker = True
         else:
@@ -165,12 +109,12 @@ class CeleryCapture:
             self._connect(signals.worker_init, self._on_worker_init)
             self._connect(signals.worker_ready, self._on_worker_ready)
             self._connect(signals.worker_shutdown, self._on_worker_shutdown)
-        self._connect(signals.task_prerun, self._on_prerun)
-        self._connect(signals.task_postrun, self._on_postrun)
-        self._connect(signals.task_failure, self._on_task_failure)
-        self._connect(signals.task_retry, self._on_task_retry)
-        self._connect(signals.before_task_publish, self._on_before_publish)
-        self._connect(signals.after_task_publish, self._on_after_publish)
+        self._connect(signals.task_prerun, self.inline.on_prerun)
+        self._connect(signals.task_postrun, self.inline.on_postrun)
+        self._connect(signals.task_failure, self.inline.on_task_failure)
+        self._connect(signals.task_retry, self.inline.on_task_retry)
+        self._connect(signals.before_task_publish, self.publish.on_before_publish)
+        self._connect(signals.after_task_publish, self.publish.on_after_publish)
         if worker is not None and self._worker_running(worker):
             # Installed from worker_ready: the worker is already up, announce it now.
             self._emit_online()
@@ -284,7 +228,7 @@ class CeleryCapture:
 
     # -- worker main process: requests ------------------------------------------------------------
     def _base(self, req: Any) -> dict[str, Any]:
-        return {"task_name": req.name, "queue": _queue(req.delivery_info), "worker": req.hostname}
+        return {"task_name": req.name, "queue": queue_of(req.delivery_info), "worker": req.hostname}
 
     def _on_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
         safe_call(self._received, request, site="celery.task_received")
@@ -373,7 +317,7 @@ class CeleryCapture:
         data["retry_count"] = int(req.request_dict.get("retries") or 0) + 1
         orig = getattr(exc, "exc", None)
         if isinstance(orig, BaseException):
-            data["exception"], data["exception_message"] = _exc_parts(orig)
+            data["exception"], data["exception_message"] = exc_parts(orig)
         at = self._ended_at(req, req.__dict__.get(_RUNTIME))
         later = self._received_at.get(req.id)
         if later is not None and req.time_start and later > req.time_start:
@@ -407,7 +351,7 @@ class CeleryCapture:
                 kind = EventKind.TASK_REJECTED
                 data["requeue"] = True
         d[_MARK_DONE] = True
-        data["exception"], data["exception_message"] = _exc_parts(exc)
+        data["exception"], data["exception_message"] = exc_parts(exc)
         tb = getattr(exc_info, "traceback", None)
         if isinstance(tb, str) and tb:
             data["traceback"] = tb[-MAX_TRACEBACK:] if len(tb) > MAX_TRACEBACK else tb
@@ -435,7 +379,7 @@ class CeleryCapture:
             return
         data = {
             "task_name": getattr(request, "task", None) or getattr(task, "name", None),
-            "queue": _queue(getattr(request, "delivery_info", None)),
+            "queue": queue_of(getattr(request, "delivery_info", None)),
             "worker": getattr(request, "hostname", None) or self.hostname,
             "terminated": bool(terminated),
             "signum": None if signum is None else str(signum),
@@ -486,154 +430,10 @@ class CeleryCapture:
         safe_call(self.batcher.event, EventKind.WORKER_OFFLINE, "", data, site="celery.worker_shutdown")
         safe_call(self.batcher.flush, site="celery.worker_shutdown")
 
-    # -- eager calls and pool-child mode ----------------------------------------------------------
-    def _stack(self) -> list:
-        stack = getattr(self._eager, "stack", None)
-        if stack is None:
-            stack = self._eager.stack = []
-        return stack
-
-    def _on_prerun(self, sender: Any = None, task_id: Any = None, task: Any = None, args: Any = None,
-                   kwargs: Any = None, **_: Any) -> None:
-        request = getattr(task, "request", None)
-        if not (self.child_mode or getattr(request, "is_eager", False)):
-            return
-        safe_call(self._prerun, task, request, task_id, args, kwargs, site="celery.task_prerun")
-
-    def _prerun(self, task: Any, request: Any, task_id: Any, args: Any, kwargs: Any) -> None:
-        data = {"task_name": task.name, "queue": _queue(getattr(request, "delivery_info", None)),
-                "worker": getattr(request, "hostname", None) if self.child_mode else None,
-                "args": args, "kwargs": kwargs, "pid": os.getpid()}
-        if request.parent_id:
-            data["parent_task_id"] = request.parent_id
-        if request.root_id:
-            data["root_task_id"] = request.root_id
-        entry = [task_id, data, time.time(), None]
-        if self.child_mode:
-            # Pool child: a task can run for hours and the child can be killed; say it now.
-            self.sink.emit(EventKind.TASK_STARTED, task_id, data, entry[2])
-            entry[1] = None
-        self._stack().append(entry)
-
-    def _top(self, task_id: Any) -> list | None:
-        stack = getattr(self._eager, "stack", None)
-        if stack and stack[-1][0] == task_id:
-            return stack[-1]
-        return None
-
-    def _on_task_failure(self, sender: Any = None, task_id: Any = None, exception: Any = None, einfo: Any = None,
-                         **_: Any) -> None:
-        entry = self._top(task_id)
-        if entry is not None:
-            entry[3] = ("failure", exception, getattr(einfo, "traceback", None))
-
-    def _on_task_retry(self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
-        entry = self._top(getattr(request, "id", None))
-        if entry is not None:
-            entry[3] = ("retry", reason, getattr(request, "retries", 0))
-
-    def _on_postrun(self, sender: Any = None, task_id: Any = None, task: Any = None, retval: Any = None,
-                    state: Any = None, **_: Any) -> None:
-        entry = self._top(task_id)
-        if entry is None:
-            return
-        self._stack().pop()
-        safe_call(self._postrun, task, entry, retval, state, site="celery.task_postrun")
-
-    def _postrun(self, task: Any, entry: list, retval: Any, state: Any) -> None:
-        task_id, started_data, t0, outcome = entry
-        now = time.time()
-        base = {"task_name": task.name}
-        if started_data is not None:
-            base["queue"] = started_data["queue"]
-            base["worker"] = started_data["worker"]
-        elif self.child_mode:
-            request = task.request
-            base["queue"] = _queue(getattr(request, "delivery_info", None))
-            base["worker"] = getattr(request, "hostname", None)
-        runtime_ms = round((now - t0) * 1000.0, 3)
-        if state == "SUCCESS":
-            kind = EventKind.TASK_SUCCEEDED
-            base["result"] = _result_repr(retval, task)
-            base["runtime_ms"] = runtime_ms
-        elif state == "RETRY" or (outcome and outcome[0] == "retry"):
-            kind = EventKind.TASK_RETRIED
-            reason = outcome[1] if outcome else retval
-            base["reason"] = safe_str(reason)[:MAX_MESSAGE]
-            base["retry_count"] = int((outcome[2] if outcome else 0) or 0) + 1
-        elif state == "FAILURE" or (outcome and outcome[0] == "failure"):
-            kind = EventKind.TASK_FAILED
-            exc = outcome[1] if outcome else retval
-            base["exception"], base["exception_message"] = _exc_parts(exc if isinstance(exc, BaseException) else None)
-            tb = outcome[2] if outcome else None
-            if isinstance(tb, str) and tb:
-                base["traceback"] = tb[-MAX_TRACEBACK:]
-            base["runtime_ms"] = runtime_ms
-        else:
-            return  # IGNORED / REJECTED: the task chose its own state
-        if started_data is None:
-            self.sink.emit(kind, task_id, base, now)
-        else:
-            self.sink.emit_many([(EventKind.TASK_STARTED, task_id, started_data, t0), (kind, task_id, base, now)])
-
-    # -- producer -------------------------------------------------------------------------------
     def _sent_enabled(self) -> bool:
         if self.capture_sent is not None:
             return self.capture_sent
         return not self.in_worker
-
-    def _on_before_publish(self, sender: Any = None, body: Any = None, exchange: Any = None, routing_key: Any = None,
-                           headers: Any = None, properties: Any = None, **_: Any) -> None:
-        if not self._sent_enabled():
-            return
-        safe_call(self._before_publish, sender, body, exchange, routing_key, headers, properties,
-                  site="celery.before_task_publish")
-
-    def _before_publish(self, name: Any, body: Any, exchange: Any, routing_key: Any, headers: Any, properties: Any) -> None:
-        headers = headers if isinstance(headers, dict) else {}
-        task_id = headers.get("id")
-        if isinstance(body, (tuple, list)) and len(body) == 3:
-            args, kwargs, embed = body
-        elif isinstance(body, dict):  # protocol 1
-            task_id = task_id or body.get("id")
-            args, kwargs, embed = body.get("args"), body.get("kwargs"), None
-        else:
-            return
-        if not task_id:
-            return
-        name = headers.get("task") or name
-        exchange = getattr(exchange, "name", exchange)
-        prio = (properties or {}).get("priority") if isinstance(properties, dict) else None
-        data: dict[str, Any] = {"task_name": name, "queue": routing_key, "args": args, "kwargs": kwargs}
-        for src, dst in (("parent_id", "parent_task_id"), ("root_id", "root_task_id"), ("eta", "eta"),
-                         ("expires", "expires"), ("retries", "retries")):
-            value = headers.get(src)
-            if value:
-                data[dst] = value
-        if exchange:
-            data["exchange"] = exchange
-        if prio is not None:
-            data["broker_priority"] = prio
-        record = publish_record(name, args, kwargs, headers, exchange=exchange, routing_key=routing_key,
-                                priority=prio, embed=embed)
-        self._publishing.pending = (task_id, data, record, time.time())
-
-    def _on_after_publish(self, sender: Any = None, **_: Any) -> None:
-        pending = getattr(self._publishing, "pending", None)
-        if pending is None:
-            return
-        self._publishing.pending = None
-        task_id, data, record, at = pending
-        safe_call(self.batcher.event, EventKind.TASK_SENT, task_id, data, at, site="celery.after_task_publish")
-        if self.store is not None:  # the store queues and commits in bursts on its own thread
-            safe_call(self.store.put, task_id, record, site="celery.after_task_publish")
-
-
-def _result_repr(value: Any, task: Any) -> str:
-    from celery.utils.saferepr import saferepr
-
-    maxsize = getattr(task, "resultrepr_maxsize", 1024) or 1024
-    return saferepr(value, maxsize)
 
 
 def _find_worker_in_stack() -> Any | None:
