@@ -253,44 +253,7 @@ class CeleryEngineAdapter(EngineAdapter):
         name = record["name"]
         if isinstance(task_name, str) and task_name and task_name not in (name, record.get("shadow")):
             raise CommandFailed(f"retry_task: task {task_id} is {name!r} here, not {task_name!r}; refusing to guess")
-        options: dict[str, Any] = {}
-        routing_key, exchange = record.get("routing_key"), record.get("exchange")
-        if routing_key and routing_key in self.app.amqp.queues:
-            options["queue"] = routing_key
-        elif routing_key:
-            options["routing_key"] = routing_key
-            if exchange is not None:
-                options["exchange"] = exchange
-        label = None
-        if isinstance(priority, bool):
-            raise CommandFailed("retry_task: priority must be an integer (broker priority) or a label")
-        if isinstance(priority, int):
-            options["priority"] = priority
-        elif isinstance(priority, str) and priority:
-            label = priority  # brain label (critical/high/...): broker priority stays as published
-            if record.get("priority") is not None:
-                options["priority"] = record["priority"]
-        elif record.get("priority") is not None:
-            options["priority"] = record["priority"]
-        options.update(_eta_options(eta, eta_seconds, "retry_task"))
-        for key in ("root_id", "parent_id", "shadow"):
-            if record.get(key):
-                options[key] = record[key]
-        limits = record.get("timelimit")
-        if isinstance(limits, (list, tuple)) and len(limits) == 2:
-            options["time_limit"], options["soft_time_limit"] = limits
-        if record.get("ignore_result") is not None:
-            options["ignore_result"] = record["ignore_result"]
-        if record.get("callbacks"):
-            options["link"] = record["callbacks"]
-        if record.get("errbacks"):
-            options["link_error"] = record["errbacks"]
-        if record.get("chain"):
-            options["chain"] = record["chain"]
-        if record.get("chord"):
-            options["chord"] = record["chord"]
-        if record.get("headers"):
-            options["headers"] = dict(record["headers"])
+        options, label = _send_options(record, self.app.amqp.queues, priority, eta, eta_seconds)
         args = list(override_args) if override_args is not None else list(record.get("args") or ())
         kwargs = dict(override_kwargs) if override_kwargs is not None else dict(record.get("kwargs") or {})
         try:
@@ -468,6 +431,51 @@ class CeleryEngineAdapter(EngineAdapter):
             result["exception"] = type(exc).__name__ if isinstance(exc, BaseException) else (
                 exc.get("exc_type") if isinstance(exc, dict) else None)
         return result
+
+
+def _send_options(record: dict[str, Any], queues: Any, priority: Any, eta: Any,
+                  eta_seconds: Any) -> tuple[dict[str, Any], str | None]:
+    """``send_task`` options that publish a remembered request as it was first published, and the
+    brain's priority label when one was asked for (the broker priority then stays as published)."""
+    options: dict[str, Any] = {}
+    routing_key, exchange = record.get("routing_key"), record.get("exchange")
+    if routing_key and routing_key in queues:
+        options["queue"] = routing_key
+    elif routing_key:
+        options["routing_key"] = routing_key
+        if exchange is not None:
+            options["exchange"] = exchange
+    label = None
+    if isinstance(priority, bool):
+        raise CommandFailed("retry_task: priority must be an integer (broker priority) or a label")
+    if isinstance(priority, int):
+        options["priority"] = priority
+    elif isinstance(priority, str) and priority:
+        label = priority  # brain label (critical/high/...): broker priority stays as published
+        if record.get("priority") is not None:
+            options["priority"] = record["priority"]
+    elif record.get("priority") is not None:
+        options["priority"] = record["priority"]
+    options.update(_eta_options(eta, eta_seconds, "retry_task"))
+    for key in ("root_id", "parent_id", "shadow"):
+        if record.get(key):
+            options[key] = record[key]
+    limits = record.get("timelimit")
+    if isinstance(limits, (list, tuple)) and len(limits) == 2:
+        options["time_limit"], options["soft_time_limit"] = limits
+    if record.get("ignore_result") is not None:
+        options["ignore_result"] = record["ignore_result"]
+    if record.get("callbacks"):
+        options["link"] = record["callbacks"]
+    if record.get("errbacks"):
+        options["link_error"] = record["errbacks"]
+    if record.get("chain"):
+        options["chain"] = record["chain"]
+    if record.get("chord"):
+        options["chord"] = record["chord"]
+    if record.get("headers"):
+        options["headers"] = dict(record["headers"])
+    return options, label
 
 
 def _eta_options(eta: Any, eta_seconds: Any, action: str) -> dict[str, Any]:
