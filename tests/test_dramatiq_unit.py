@@ -3,11 +3,8 @@ writer probe, and capture with a programmatic ``Worker`` in this process (real R
 
 from __future__ import annotations
 
-import logging
 import os
-import sqlite3
 import threading
-import time
 
 import dramatiq
 import pytest
@@ -19,7 +16,6 @@ from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
 from z4j_bare.engines import dramatiq_family as family
 from z4j_bare.engines.dramatiq_store import FAILED, TAKEN, MessageStore
-from z4j_bare.safety import error_counts
 from z4j_bare.storage.locks import OWNER, WRITER, SidecarLock
 from z4j_bare.testing import LocalBrain
 from z4j_dramatiq import DramatiqEngineAdapter
@@ -77,33 +73,6 @@ def test_message_store_wait_sees_a_record_committed_by_another_process_later(tmp
     assert reader.get("late", wait=2.0)["state"] == TAKEN
     writer.close()
     reader.close()
-
-
-def test_message_store_keeps_rows_another_process_holds_the_file_against(tmp_path, caplog):
-    """A commit refused past the busy timeout is retried by the writer, not swallowed or lost."""
-    path = tmp_path / "m.sqlite"
-    store = MessageStore(path, linger=0.001, busy_timeout=0.05)
-    store.put("first", queue="q", actor="a", state=TAKEN, body=b"{}")
-    store.flush()
-    blocker = sqlite3.connect(path, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # another process writing: the store's commits are refused
-    before = error_counts().get("dramatiq.store.flush", 0)
-    with caplog.at_level(logging.DEBUG, logger="z4j_bare.engines.dramatiq_store"):
-        store.put("held", queue="q", actor="a", state=TAKEN, body=b"{}")
-        deadline = time.monotonic() + 5
-        while not any(r.getMessage().startswith("dramatiq.store.refused") for r in caplog.records):
-            assert time.monotonic() < deadline, "the writer never met the locked file"
-            time.sleep(0.01)
-        blocker.execute("COMMIT")
-        reader = sqlite3.connect(path)
-        while reader.execute("SELECT COUNT(*) FROM dramatiq_messages WHERE message_id = 'held'").fetchone()[0] == 0:
-            assert time.monotonic() < deadline + 5, "the refused row never landed"
-            time.sleep(0.02)
-    assert error_counts().get("dramatiq.store.flush", 0) == before
-    assert store.dropped == 0
-    reader.close()
-    blocker.close()
-    store.close()
 
 
 def test_writers_probe_sees_live_writers_without_taking_their_lock(tmp_path):
