@@ -63,6 +63,10 @@ def test_outside_worker_is_an_explicit_opt_in(tmp_path):
         from z4j_celery import CeleryEngineAdapter
         app = Celery("producer", broker="memory://")
         runtime = install_agent(engines=[CeleryEngineAdapter(celery_app=app, outside_worker=True)])
+        import time
+        deadline = time.monotonic() + 10  # the I/O thread leaves INIT as soon as it runs
+        while runtime.state.value == "init" and time.monotonic() < deadline:
+            time.sleep(0.01)
         print(runtime.state.value != "init", runtime.engines["celery"].outside_worker)
         runtime.stop(timeout=1)
     """)

@@ -1,8 +1,8 @@
 """A Redactor built after ``install_agent`` returns, so a short script does not wait for it.
 
 Building the redactor (importing ``redaction`` and compiling its patterns) is about a third of
-what ``install_agent`` costs. With the built-in patterns it cannot fail, so the agent builds it
-on a background thread right after start; the first caller that needs it before then builds it
+what ``install_agent`` costs. With the built-in patterns it cannot fail, so the agent's I/O
+thread builds it before its first connect; the first caller that needs it before then builds it
 itself (or waits for the build in progress). Configured extra patterns are checked when the
 redactor is built, and a refused pattern must fail ``install_agent``: the agent builds such a
 redactor at once (see ``agent.build_runtime``).
@@ -48,7 +48,7 @@ class DeferredRedactor:
         return real
 
     def warm(self) -> None:
-        """Build now (the agent calls this on a background thread right after start)."""
+        """Build now (the I/O thread calls this before each connect; built once)."""
         try:
             self.real()
         except Exception:  # noqa: BLE001, S110 - the first real use builds again and reports

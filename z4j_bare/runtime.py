@@ -132,18 +132,9 @@ class AgentRuntime:
             safe_call(self.buffer.adopt_orphans, site="runtime.adopt_orphans")
             call_each(self._handlers, "start")
             self._health.start()
-            self._thread = threading.Thread(target=self._io_main, name="z4j-agent-io", daemon=True)
+            self._thread = threading.Thread(target=self.lifecycle.run, name="z4j-agent-io", daemon=True)
             self._thread.start()
         return self
-
-    def _io_main(self) -> None:
-        # What the first events need and install_agent did not wait for (a deferred redactor),
-        # built here rather than on a thread of its own: a forking worker parent keeps every
-        # thread's malloc arena for good.
-        warm = getattr(self.redactor, "warm", None)
-        if warm is not None:
-            safe_call(warm, site="runtime.warm")
-        self.lifecycle.run()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Drain within ``timeout`` seconds, close cleanly, join. Idempotent; True if fully drained.
@@ -276,7 +267,14 @@ class AgentRuntime:
         return "reconnect"
 
     def open_transport(self, hold: Callable[[Transport], None]) -> Transport:
-        """Build and open this attempt's transport (see transport.select); ``hold`` learns it first."""
+        """Build and open this attempt's transport (see transport.select); ``hold`` learns it first.
+
+        First, what the first events need and install_agent did not wait for (a deferred redactor
+        builds once; later calls return at once), here on the I/O thread rather than on a thread
+        of its own: a forking worker parent keeps every thread's malloc arena for good."""
+        warm = getattr(self.redactor, "warm", None)
+        if warm is not None:
+            safe_call(warm, site="runtime.warm")
         return self.transports.open(hold)
 
     def hello_payload(self) -> dict[str, Any]:
