@@ -15,11 +15,13 @@ from datetime import datetime
 from email.utils import formatdate
 
 import pytest
-from rq import Queue
-
+from agent_records import agent_records
 from brainproc import BrainProcess
 from recording_engine import RecordingEngine
+from rq import Queue
 from rq_app import harness
+from waiting import wait_for
+
 from z4j_bare import RuntimeState
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
@@ -32,32 +34,10 @@ pytestmark = pytest.mark.timeout(120)
 SKEWS = [300.0, -300.0]
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture
 def warnings_seen():
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.WARNING:
-                seen.append(record)
-
-    logger = logging.getLogger("z4j_bare")
-    handler = Keep()
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    yield seen
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+    with agent_records(logging.INFO, keep_from=logging.WARNING) as seen:
+        yield seen
 
 
 def _epoch(text: str) -> float:
@@ -104,14 +84,14 @@ def test_an_agent_delivers_to_a_brain_whose_clock_is_minutes_off(tmp_path, warni
                                 home=str(tmp_path / "home"), heartbeat_seconds=1.0, stop_timeout=3.0)
         runtime = build_runtime(config, [engine]).start()
         try:
-            _wait(lambda: runtime.state is RuntimeState.RUNNING, 15, "a session")
+            wait_for(lambda: runtime.state is RuntimeState.RUNNING, 15, "a session")
             for i in range(100):
                 engine.emit_task(f"skew-{i}", "task.received", "task.succeeded")
             assert runtime.flush(15), runtime.health()
             runtime.request_reconnect()  # a second connect measures again, warns no more
-            _wait(lambda: sum(e["trigger"] == "handshake_ok" for e in runtime.trace) >= 2, 15, "a second session")
-            _wait(lambda: (brain.agent(creds.agent_id)["last_heartbeat"] or {}).get("last_flush_at"), 10,
-                  "a heartbeat sent after the flush")
+            wait_for(lambda: sum(e["trigger"] == "handshake_ok" for e in runtime.trace) >= 2, 15, "a second session")
+            wait_for(lambda: (brain.agent(creds.agent_id)["last_heartbeat"] or {}).get("last_flush_at"), 10,
+                     "a heartbeat sent after the flush")
             health = runtime.health()
             agent = brain.agent(creds.agent_id)
         finally:
@@ -143,11 +123,11 @@ def test_replay_protection_is_as_strict_on_the_brains_clock(tmp_path, kind, opti
         runtime = build_runtime(Config.resolve(**creds.kwargs(), home=str(tmp_path / "home"), stop_timeout=2.0,
                                                backoff_max_connection=1.0), [RecordingEngine()]).start()
         try:
-            _wait(lambda: runtime.state is RuntimeState.RUNNING, 15, "a session")
+            wait_for(lambda: runtime.state is RuntimeState.RUNNING, 15, "a session")
             assert brain.faults.send_to_agent(kind, **options) == 1
-            _wait(lambda: any(e["trigger"] == "session_lost" for e in runtime.trace), 10, "the session to end")
+            wait_for(lambda: any(e["trigger"] == "session_lost" for e in runtime.trace), 10, "the session to end")
             lost = next(e for e in runtime.trace if e["trigger"] == "session_lost")
-            _wait(lambda: runtime.state is RuntimeState.RUNNING, 15, "the next session")
+            wait_for(lambda: runtime.state is RuntimeState.RUNNING, 15, "the next session")
         finally:
             runtime.stop()
         assert "inbound frame rejected" in lost["reason"], lost
@@ -168,7 +148,7 @@ def test_a_real_worker_on_a_skewed_host_delivers_every_job(tmp_path, skew):
         finally:
             harness.flush_queues(conn, [queue_name])
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        _wait(lambda: {j.id for j in jobs} <= brain.task_ids("rq", "task.succeeded"), 20, "every job in the brain")
+        wait_for(lambda: {j.id for j in jobs} <= brain.task_ids("rq", "task.succeeded"), 20, "every job in the brain")
     out = proc.stdout + proc.stderr
     way = "behind the brain's" if skew > 0 else "ahead of the brain's"
     assert out.count("runtime.clock_skew") == 1 and way in out, out[-3000:]

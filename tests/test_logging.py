@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from agent_records import agent_records
 from celery_app.harness import REDIS_BROKER, Worker, unique_queue
 from rq_app.harness import REDIS_URL
 
@@ -110,7 +111,8 @@ def test_celery_worker_at_warning_gets_no_agent_debug_or_info(tmp_path):
 def test_rq_worker_class_shows_the_agents_warning_in_the_workers_output(tmp_path):
     # RQ gives only its `rq.worker` logger a handler; the agent's own worker class shows the
     # agent's warnings there, at the agent's level (WARNING: nothing below).
-    from rq_app.harness import start_worker, stop_worker, unique_queue as rq_queue
+    from rq_app.harness import start_worker, stop_worker
+    from rq_app.harness import unique_queue as rq_queue
 
     env = agent_env(tmp_path / "home")
     proc = start_worker("z4j_rq.Worker", [rq_queue("logging")], env)
@@ -137,23 +139,11 @@ def _read(path: Path) -> str:
 
 @pytest.fixture
 def records():
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
-
     # structlog.testing.capture_logs (other test files) leaves structlog "configured" for good,
     # which would send these records down the host-structlog route instead.
     structlog.reset_defaults()
-    logger = logging.getLogger("z4j_bare")
-    handler = Keep()
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield seen
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+    with agent_records(logging.DEBUG) as seen:
+        yield seen
 
 
 def test_records_carry_event_fields_and_are_scrubbed(records):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from recording_engine import RecordingEngine
+from waiting import wait_for
+
 from z4j_bare import RuntimeState
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
@@ -34,24 +35,15 @@ def _running(brain, **options):
     config = Config.resolve(**brain.mint_agent().kwargs(), **{**FAST, **options})
     runtime = build_runtime(config, [engine])
     runtime.start()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING over long-poll")
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING over long-poll")
     return runtime, engine
-
-
-def _wait(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_409_ends_the_session_and_the_next_one_has_a_fresh_nonce(brain):
     runtime, engine = _running(brain)
     first = runtime.health()["session_id"]
     brain.longpoll.faults.invalidate_next(1)
-    _wait(lambda: runtime.health()["session_id"] not in (None, first), what="a session with a new nonce")
+    wait_for(lambda: runtime.health()["session_id"] not in (None, first), what="a session with a new nonce")
     lost = [e for e in runtime.trace if e["trigger"] == "session_lost"][-1]
     assert "409" in lost["reason"] and lost["failure_class"] == "connection"
     engine.emit_task("after-409", "task.received")
@@ -168,6 +160,6 @@ def test_the_probe_learns_the_ids_from_the_brain_and_commands_are_verified_first
     assert info.binding.agent_id == agent["agent_id"] and info.transport == "longpoll"
     assert len(info.session_id) == 22  # token_urlsafe(16): the nonce is the session binding
     brain.faults.send_to_agent("tampered")
-    _wait(lambda: any(e["trigger"] == "session_lost" for e in runtime.trace), what="the forged frame to end the session")
+    wait_for(lambda: any(e["trigger"] == "session_lost" for e in runtime.trace), what="the forged frame to end the session")
     assert engine.calls == []
     runtime.stop()

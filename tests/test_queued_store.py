@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 import pytest
+from waiting import wait_for
 
 from z4j_bare.engines.celery_store import RequestStore
 from z4j_bare.engines.dramatiq_store import TAKEN, MessageStore
@@ -41,13 +42,6 @@ def _stored(path, sql, key) -> bool:
         conn.close()
 
 
-def _wait(cond, what, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize("kind", sorted(STORES))
 def test_rows_a_locked_file_refused_are_committed_once_it_is_free(tmp_path, caplog, kind):
     make, put, sql = STORES[kind]
@@ -60,10 +54,10 @@ def test_rows_a_locked_file_refused_are_committed_once_it_is_free(tmp_path, capl
     before = dict(error_counts())
     with caplog.at_level(logging.DEBUG, logger="z4j_bare.engines.queued_store"):
         put(store, "held")
-        _wait(lambda: any(r.getMessage().startswith("store.refused") for r in caplog.records),
-              "the writer never met the locked file")
+        wait_for(lambda: any(r.getMessage().startswith("store.refused") for r in caplog.records), 5.0,
+                 "the writer never met the locked file")
         blocker.execute("COMMIT")
-        _wait(lambda: _stored(path, sql, "held"), "the refused row never landed")
+        wait_for(lambda: _stored(path, sql, "held"), 5.0, "the refused row never landed")
     assert error_counts() == before  # refused is not swallowed
     assert store.dropped == 0
     blocker.close()

@@ -8,8 +8,9 @@ import threading
 import time
 
 import pytest
-
 from recording_engine import RecordingEngine
+from waiting import wait_for
+
 from z4j_bare import RuntimeState, install_agent
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
@@ -36,20 +37,11 @@ def _runtime(creds, engines, **options):
     return build_runtime(config, engines)
 
 
-def _wait(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_full_lifecycle_trace_and_delivery(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
     runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
-    _wait(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING")
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING")
     for i in range(50):
         engine.emit_task(f"t{i}", "task.received", "task.started", "task.succeeded")
     assert runtime.flush(10)
@@ -63,7 +55,7 @@ def test_full_lifecycle_trace_and_delivery(brain, wire):
         hello = agent["hello"]
         assert hello["framework"] == "bare" and hello["engines"] == ["celery"]
         assert "retry_by_reference_v1" in hello["capabilities"]["celery"]
-    _wait(lambda: brain.agent(creds.agent_id)["heartbeats"] >= 1, what="a heartbeat")
+    wait_for(lambda: brain.agent(creds.agent_id)["heartbeats"] >= 1, what="a heartbeat")
     assert runtime.stop(5) is True
     assert runtime.stop(5) is True  # idempotent
     path = [(e["source"], e["dest"], e["trigger"]) for e in runtime.trace]
@@ -106,9 +98,9 @@ def _running_then_disconnected(brain, wire="ws"):
     engine = RecordingEngine()
     runtime = _runtime(brain.mint_agent(), [engine], transport=wire)
     runtime.start()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     brain.pause()
-    _wait(lambda: runtime.state is not RuntimeState.RUNNING, what="disconnect")
+    wait_for(lambda: runtime.state is not RuntimeState.RUNNING, what="disconnect")
     return runtime, engine
 
 
@@ -137,7 +129,7 @@ def test_spooled_events_move_into_the_buffer_while_the_brain_is_away(brain):
         with sqlite3.connect(f"file:{runtime.buffer.path}?mode=ro", uri=True) as conn:
             return conn.execute("SELECT count(*) FROM entries WHERE kind = 'event'").fetchone()[0]
 
-    _wait(lambda: in_sqlite() >= 100, timeout=5, what="the I/O thread to ingest during backoff")
+    wait_for(lambda: in_sqlite() >= 100, timeout=5, what="the I/O thread to ingest during backoff")
     brain.resume()
     assert runtime.flush(20), runtime.health()
     runtime.stop()
@@ -148,11 +140,11 @@ def test_unacked_batches_are_resent_without_restamping(brain, wire):
     engine = RecordingEngine()
     runtime = _runtime(creds, [engine], resend_after_seconds=1.0, transport=wire)
     runtime.start()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     brain.faults.withhold_acks = True
     uploads = brain.longpoll.requests["events"]
     engine.emit_task("r1", "task.received", "task.started")
-    _wait(lambda: runtime.health()["inflight_frames"] == 1)
+    wait_for(lambda: runtime.health()["inflight_frames"] == 1)
     time.sleep(1.5)
     brain.faults.withhold_acks = False
     assert runtime.flush(10)
@@ -170,7 +162,7 @@ def test_revoked_token_gets_auth_backoff(brain, wire):
     brain.revoke_agent(creds.agent_id)
     runtime = _runtime(creds, [RecordingEngine()], backoff_max_auth=600.0, transport=wire)
     runtime.start()
-    _wait(lambda: runtime.health()["failure_streaks"]["auth"] >= 1, what="auth failure")
+    wait_for(lambda: runtime.health()["failure_streaks"]["auth"] >= 1, what="auth failure")
     assert runtime.state in (RuntimeState.CONNECTING, RuntimeState.HANDSHAKE)
     started = time.monotonic()
     runtime.stop(2)  # interrupts a 10 s+ auth backoff at once
@@ -183,7 +175,7 @@ def test_incompatible_close_code_gets_incompatible_class(brain):
     brain.faults.reject_next(1, 4426)
     runtime = _runtime(creds, [RecordingEngine()])
     runtime.start()
-    _wait(lambda: runtime.health()["failure_streaks"]["incompatible"] >= 1, what="incompatible")
+    wait_for(lambda: runtime.health()["failure_streaks"]["incompatible"] >= 1, what="incompatible")
     assert runtime.backoff.last_delay >= 120
     runtime.stop(1)
 
@@ -193,7 +185,7 @@ def test_stop_is_bounded_when_brain_is_black_holed(brain, wire):
     engine = RecordingEngine()
     runtime = _runtime(creds, [engine], stop_timeout=1.0, transport=wire)
     runtime.start()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     brain.faults.stall = True
     brain.faults.withhold_acks = True
     for i in range(100):
@@ -212,7 +204,7 @@ def test_frames_respect_small_max_frame_size():
         engine = RecordingEngine()
         runtime = _runtime(creds, [engine])
         runtime.start()
-        _wait(lambda: runtime.state is RuntimeState.RUNNING)
+        wait_for(lambda: runtime.state is RuntimeState.RUNNING)
         for i in range(200):
             engine.emit_task(f"m{i}", "task.received")
         engine.emit_task("huge", "task.received", blob=["x" * 900] * 10)
@@ -229,7 +221,7 @@ def test_two_engines_in_one_agent_route_events_and_commands(brain):
     creds = brain.mint_agent()
     celery, rq = RecordingEngine("celery"), RecordingEngine("rq", caps=("cancel_task",))
     runtime = install_agent(engines=[celery, rq], **creds.kwargs(), **FAST)
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     celery.emit_task("c1", "task.received")
     rq.emit_task("r1", "task.received")
     assert runtime.flush(10)
@@ -248,7 +240,7 @@ def test_commands_results_truthful(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
     runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     send = lambda action, params: brain.wait_for_command(brain.send_command(action, params, agent_id=creds.agent_id), timeout=15)
     ok = send("retry_task", {"engine": "celery", "task_id": "abc", "task_name": "x", "args": None, "kwargs": None})
     assert ok.status == "completed" and ok.result["new_task_id"] == "new-abc"
@@ -269,7 +261,7 @@ def test_purge_token_checks(brain, case):
     creds = brain.mint_agent()
     engine = RecordingEngine(depth=3)
     runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, purge_threshold=2 if case == "over_threshold" else 1000)
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     key = runtime.config.key
     params = {"engine": "celery", "queue": "default"}
     if case in ("valid", "over_threshold"):
@@ -291,12 +283,12 @@ def test_forged_commands_are_never_executed(brain, wire):
     creds = brain.mint_agent()
     engine = RecordingEngine()
     runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     for kind in ("tampered", "replayed", "stale", "v3", "unsigned_command"):
         sessions_before = len([e for e in runtime.trace if e["trigger"] == "handshake_ok"])
         brain.faults.send_to_agent(kind)
-        _wait(lambda: len([e for e in runtime.trace if e["trigger"] == "handshake_ok"]) > sessions_before, timeout=15,
-              what=f"reconnect after {kind}")
+        wait_for(lambda: len([e for e in runtime.trace if e["trigger"] == "handshake_ok"]) > sessions_before, timeout=15,
+                 what=f"reconnect after {kind}")
         lost = [e for e in runtime.trace if e["trigger"] == "session_lost"][-1]
         assert lost["reason"].startswith("inbound frame rejected"), (kind, lost)
     assert engine.calls == []
@@ -305,19 +297,19 @@ def test_forged_commands_are_never_executed(brain, wire):
 def test_fatal_error_frame_ends_session_with_class(brain, wire):
     creds = brain.mint_agent()
     runtime = install_agent(engines=[RecordingEngine()], **creds.kwargs(), **FAST, transport=wire)
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     brain.faults.send_to_agent("error_fatal")
-    _wait(lambda: sum(runtime.health()["failure_streaks"].values()) >= 1 or "fatal error frame" in str(runtime.health()["last_failure"]),
-          what="session ended by fatal error frame")
+    wait_for(lambda: sum(runtime.health()["failure_streaks"].values()) >= 1 or "fatal error frame" in str(runtime.health()["last_failure"]),
+             what="session ended by fatal error frame")
 
 
 def test_request_reconnect_opens_a_fresh_session(brain, wire):
     creds = brain.mint_agent()
     runtime = install_agent(engines=[RecordingEngine()], **creds.kwargs(), **FAST, transport=wire)
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     first = runtime.health()["session_id"]
     runtime.request_reconnect()
-    _wait(lambda: runtime.health()["session_id"] not in (None, first), what="new session")
+    wait_for(lambda: runtime.health()["session_id"] not in (None, first), what="new session")
     assert ("running", "connecting", "reconnect") in [(e["source"], e["dest"], e["trigger"]) for e in runtime.trace]
 
 
@@ -341,7 +333,7 @@ def test_secrets_never_in_repr_logs_or_wire(brain, wire):
     engine = RecordingEngine()
     with capture_logs() as logs:
         runtime = install_agent(engines=[engine], **creds.kwargs(), **FAST, transport=wire)
-        _wait(lambda: runtime.state is RuntimeState.RUNNING)
+        wait_for(lambda: runtime.state is RuntimeState.RUNNING)
         engine.emit_task("x", "task.received")
         runtime.flush(5)
         text = repr(runtime) + repr(runtime.config) + repr(runtime.health()) + repr(logs)
@@ -513,7 +505,7 @@ def test_trace_of_a_failed_handshake_shows_the_class_reason_and_wait(brain, wire
     brain.revoke_agent(creds.agent_id)
     runtime = _runtime(creds, [RecordingEngine()], backoff_max_auth=600.0, transport=wire)
     runtime.start()
-    _wait(lambda: runtime.health()["backoff"] is not None, what="the auth backoff")
+    wait_for(lambda: runtime.health()["backoff"] is not None, what="the auth backoff")
     lost = runtime.trace[-1]
     assert _edges(runtime) == [("init", "connecting", "start"), ("connecting", "handshake", "connected"),
                                ("handshake", "connecting", "session_lost")]
@@ -532,11 +524,11 @@ def test_trace_of_connect_failures_then_a_session(brain, wire):
     brain.pause()
     runtime = _runtime(creds, [RecordingEngine()], transport=wire)
     runtime.start()
-    _wait(lambda: len(runtime.trace) >= 3, what="two failed connect attempts")
+    wait_for(lambda: len(runtime.trace) >= 3, what="two failed connect attempts")
     failed = [e for e in runtime.trace if e["trigger"] == "connect_failed"]
     assert failed and all(e["failure_class"] == "connection" and "retry_in_s" in e for e in failed)
     brain.resume()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING once the brain is back")
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING once the brain is back")
     assert _edges(runtime)[-2:] == [("connecting", "handshake", "connected"), ("handshake", "running", "handshake_ok")]
     runtime.stop()
 
@@ -548,7 +540,7 @@ def test_trace_of_a_lost_session_and_the_reconnect(brain, wire):
     if wire == "ws":
         assert "1001" in lost["reason"]
     brain.resume()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING, what="the reconnect")
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING, what="the reconnect")
     engine.emit_task("after", "task.received")
     assert runtime.flush(10)
     runtime.stop()
@@ -561,7 +553,7 @@ def test_draining_delivers_what_is_buffered_before_stopping(brain, wire):
     engine = RecordingEngine()
     runtime = _runtime(creds, [engine], stop_timeout=10.0, transport=wire)
     runtime.start()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     brain.faults.ack_delay = 0.2  # acks still in flight when stop() is called
     for i in range(500):
         engine.emit_task(f"d{i}", "task.received")
@@ -575,12 +567,12 @@ def test_draining_delivers_what_is_buffered_before_stopping(brain, wire):
 def test_a_control_frame_over_the_frame_limit_is_refused_locally_and_counted(brain, wire):
     runtime = _runtime(brain.mint_agent(), [RecordingEngine()], transport=wire)
     runtime.start()
-    _wait(lambda: runtime.state is RuntimeState.RUNNING)
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING)
     session = runtime.health()["session_id"]
     runtime.controls.emit("command_result", "00000000-0000-4000-8000-000000000001",
                           {"status": "success", "result": {"blob": "x" * 1_100_000}, "error": None,
                            "delivery_claim_token": None})
-    _wait(lambda: runtime.controls.idle, what="the frame to be settled")
+    wait_for(lambda: runtime.controls.idle, what="the frame to be settled")
     assert runtime.buffer.telemetry_loss()["content_rejected_frames"] == 1
     assert runtime.flush(10) and runtime.health()["session_id"] == session  # never sent: the session lives on
     runtime.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +12,7 @@ from celery_app.harness import BACKEND, REDIS_BROKER, Worker, unique_queue
 from rq_app.harness import connection, flush_queues
 from rq_scheduler import Scheduler
 from schedule_harness import MemoryAdapter
+from waiting import wait_for
 
 from z4j_bare import RuntimeState, install_agent
 from z4j_bare.agent import build_runtime
@@ -31,15 +31,6 @@ def brain():
         yield b
 
 
-def _wait(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _runtime(creds, schedulers, engines=(), **options):
     return build_runtime(Config.resolve(**creds.kwargs(), **{**FAST, **options}), list(engines), schedulers=schedulers)
 
@@ -49,7 +40,7 @@ def test_install_agent_accepts_schedulers_without_engines_and_hello_advertises_t
     app = Celery("e2e-hello", set_as_current=False)
     app.conf.beat_schedule = {"tick": {"task": "z4jtest.noop", "schedule": 30.0}}
     runtime = install_agent(engines=[], schedulers=[CeleryBeatSchedulerAdapter(celery_app=app)], **creds.kwargs(), **FAST)
-    _wait(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING")
+    wait_for(lambda: runtime.state is RuntimeState.RUNNING, what="RUNNING", timeout=15.0)
     hello = brain.wait_for_agent_online(creds.agent_id)["hello"]
     assert hello["engines"] == [] and hello["schedulers"] == ["celery-beat"]
     assert hello["capabilities"]["celery-beat"] == ["external_schedule_stable_snapshot_v1", "list", "trigger_now"]
@@ -145,7 +136,7 @@ def test_restart_gets_a_new_epoch_and_sequences_stay_consecutive(brain):
     brain.wait_for_command(brain.schedules.resync())
     # The snapshot goes out before the result, but the brain records a result at once and ingests
     # a batch on its own lane: the result may be seen first.
-    _wait(lambda: brain.schedules.stream("bars-memory").accepted >= 2, what="the resync's snapshot accepted")
+    wait_for(lambda: brain.schedules.stream("bars-memory").accepted >= 2, what="the resync's snapshot accepted", timeout=15.0)
     first = brain.schedules.stream("bars-memory")
     epoch, accepted = first.epoch_number, first.accepted
     assert accepted == 2
@@ -199,19 +190,19 @@ def test_sigkill_between_reserving_and_sending_recovers_without_a_gap(brain, tmp
     assert brain.schedules.stream("bars-memory").accepted == 1
     # Like the real brain, a stream held by a session it still thinks alive is not handed to another
     # process: start the new one once the brain has seen the killed process's socket close.
-    _wait(lambda: not brain.agent(creds.agent_id)["online"], what="the brain to notice the dead session")
+    wait_for(lambda: not brain.agent(creds.agent_id)["online"], what="the brain to notice the dead session", timeout=15.0)
     proc = _agent_proc(creds, home)
     try:
         # (the resync the killed process never answered is re-driven to this one: sequence 2 may follow)
-        _wait(lambda: brain.schedules.stream("bars-memory").epoch_number > epoch
-              and brain.schedules.stream("bars-memory").accepted >= 1, timeout=60,
-              what="a new epoch accepted from sequence 1")
+        wait_for(lambda: brain.schedules.stream("bars-memory").epoch_number > epoch
+                 and brain.schedules.stream("bars-memory").accepted >= 1, timeout=60,
+                 what="a new epoch accepted from sequence 1")
         stream = brain.schedules.stream("bars-memory")
         assert stream.phase == "ACTIVE" and stream.faults == [] and 1 in stream.applied
         seen = stream.accepted
         command_id = brain.schedules.resync()
         assert brain.wait_for_command(command_id).status == "completed"
-        _wait(lambda: brain.schedules.stream("bars-memory").accepted == seen + 1, what="the next sequence")
+        wait_for(lambda: brain.schedules.stream("bars-memory").accepted == seen + 1, what="the next sequence", timeout=15.0)
         store = ScheduleStore(path)
         assert all(f.epoch_uuid == stream.epoch_uuid for f in store.pending("bars-memory", auth.epoch_uuid)) \
             and store.pending("bars-memory", auth.epoch_uuid) == []  # the dead epoch's frame is gone

@@ -12,11 +12,12 @@ import time
 import uuid
 
 import pytest
-from rq import Queue
-
 from brainproc import BrainProcess
 from recording_engine import RecordingEngine
+from rq import Queue
 from rq_app import harness
+from waiting import wait_for
+
 from z4j_bare import RuntimeState
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
@@ -30,12 +31,9 @@ SHORT = {"silence_timeout_seconds": SILENCE, "connect_timeout": 2.0, "heartbeat_
 
 
 def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """The moment ``predicate`` held (the tests time how soon the agent noticed)."""
+    wait_for(predicate, timeout, what, interval=0.05)
+    return time.monotonic()
 
 
 def _config(env, home, **options):

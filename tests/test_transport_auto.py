@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
-
 from recording_engine import RecordingEngine
 from upgrade_proxy import UpgradeRefusingProxy
+from waiting import wait_for
+
 from z4j_bare import RuntimeState
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
@@ -23,15 +23,6 @@ def brain():
         yield b
 
 
-def _wait(predicate, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_auto_falls_back_to_longpoll_behind_a_proxy_that_refuses_upgrades_and_comes_back(brain, caplog):
     caplog.set_level(logging.INFO, logger="z4j_bare")
     with UpgradeRefusingProxy(brain.port, status=502) as proxy:
@@ -41,8 +32,8 @@ def test_auto_falls_back_to_longpoll_behind_a_proxy_that_refuses_upgrades_and_co
                                 [engine])
         runtime.transports.ws_retry_seconds = 2.0
         runtime.start()
-        _wait(lambda: runtime.health()["transport"] == "longpoll" and runtime.state is RuntimeState.RUNNING,
-              what="a long-poll session")
+        wait_for(lambda: runtime.health()["transport"] == "longpoll" and runtime.state is RuntimeState.RUNNING,
+                 what="a long-poll session", timeout=15.0)
         health = runtime.health()
         assert health["transport_mode"] == "auto" and "HTTP 502" in health["transport_fallback"]["reason"]
         connected = [e for e in runtime.trace if e["trigger"] == "connected"][0]
@@ -52,14 +43,14 @@ def test_auto_falls_back_to_longpoll_behind_a_proxy_that_refuses_upgrades_and_co
         assert runtime.flush(10)
 
         # Still refused after ws_retry_seconds: WebSocket is tried again, long-poll resumes at once.
-        _wait(lambda: proxy.refused >= 2, what="a second WebSocket try")
-        _wait(lambda: runtime.state is RuntimeState.RUNNING and runtime.health()["transport"] == "longpoll")
+        wait_for(lambda: proxy.refused >= 2, what="a second WebSocket try", timeout=15.0)
+        wait_for(lambda: runtime.state is RuntimeState.RUNNING and runtime.health()["transport"] == "longpoll", timeout=15.0)
         retry = [e for e in runtime.trace if e["trigger"] == "reconnect"][0]
         assert "trying WebSocket again" in retry["reason"] and retry["retry_in_s"] == 0
 
         proxy.refuse_upgrades = False
-        _wait(lambda: runtime.health()["transport"] == "ws" and runtime.state is RuntimeState.RUNNING,
-              what="back on WebSocket")
+        wait_for(lambda: runtime.health()["transport"] == "ws" and runtime.state is RuntimeState.RUNNING,
+                 what="back on WebSocket", timeout=15.0)
         assert runtime.health()["transport_fallback"] is None
         for i in range(20):
             engine.emit_task(f"ws{i}", "task.received")
@@ -79,7 +70,7 @@ def test_an_auth_refusal_of_the_upgrade_is_not_a_reason_to_fall_back(brain, tran
         runtime = build_runtime(Config.resolve(**{**creds.kwargs(), "brain_url": proxy.url}, **FAST,
                                                transport=transport), [RecordingEngine()])
         runtime.start()
-        _wait(lambda: runtime.health()["backoff"] is not None, what="the auth backoff")
+        wait_for(lambda: runtime.health()["backoff"] is not None, what="the auth backoff", timeout=15.0)
         health = runtime.health()
         assert health["backoff"]["failure_class"] == "auth" and health["transport_fallback"] is None
         assert health["transport"] == "ws" and runtime.state is RuntimeState.CONNECTING
@@ -91,6 +82,6 @@ def test_ws_never_falls_back(brain):
         runtime = build_runtime(Config.resolve(**{**brain.mint_agent().kwargs(), "brain_url": proxy.url}, **FAST,
                                                transport="ws"), [RecordingEngine()])
         runtime.start()
-        _wait(lambda: runtime.health()["backoff"] is not None, what="a connect failure")
+        wait_for(lambda: runtime.health()["backoff"] is not None, what="a connect failure", timeout=15.0)
         assert runtime.health()["transport_fallback"] is None and runtime.health()["backoff"]["failure_class"] == "connection"
         runtime.stop(1)

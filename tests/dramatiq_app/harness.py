@@ -6,9 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from waiting import wait_for  # the suite's one polling wait, offered here to the dramatiq tests
 
 from dramatiq_app.defs import AMQP_URL, NS, REDIS_URL, _client
 
@@ -66,16 +67,6 @@ class Command:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def marker_value(key: str) -> int:

@@ -8,25 +8,33 @@ once over WebSocket first, as one that moved behind an upgrade-refusing proxy wo
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
-
 from recording_engine import RecordingEngine
+from waiting import wait_for
+
 from z4j_bare import RuntimeState
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
 from z4j_bare.protocol import FrameType, SessionBinding, Signer, decode_hmac_secret, new_frame_id
-from z4j_bare.transport import LongPollTransport, Outgoing
+from z4j_bare.transport import LongPollTransport
 from z4j_bare.transport.longpoll import COMMANDS_PATH, EVENTS_PATH
 
 from .lp_relay import LongPollRelay
 from .realbrain import BrainCredentials, RealBrain
 from .test_agent_interop import WORKER_AGENT_ENV, issue, wait_final, wait_online
-from .workers import CELERY_BACKEND, CeleryWorker, celery_producer, expected_counts, plan_celery_workload, publish, unique
+from .workers import (
+    CELERY_BACKEND,
+    CeleryWorker,
+    celery_producer,
+    expected_counts,
+    plan_celery_workload,
+    publish,
+    unique,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
 
@@ -37,16 +45,6 @@ TASKS = 60
 def _kwargs(creds: BrainCredentials, **extra) -> dict:
     return dict(brain_url=creds.brain_url, token=creds.token, hmac_secret=creds.hmac_secret,
                 project_id=creds.project_id, **extra)
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +60,7 @@ def lp_worker(real_brain: RealBrain, tmp_path_factory: pytest.TempPathFactory):
     worker = CeleryWorker(queue=queue, home=tmp_path_factory.mktemp("lp"), loglevel="info",
                           agent_env={**env, "Z4J_TRANSPORT": "longpoll"})
     try:
-        _wait(lambda: "transport='longpoll'" in worker.log(10**6), 45, f"a long-poll session:\n{worker.log()}")
+        wait_for(lambda: "transport='longpoll'" in worker.log(10**6), 45, f"a long-poll session:\n{worker.log()}", interval=0.1)
         yield creds, worker
     finally:
         worker.stop()
@@ -160,7 +158,7 @@ def test_a_command_edited_on_the_way_is_never_executed(real_brain: RealBrain, lp
     ws = build_runtime(Config.resolve(**_kwargs(brain_creds, transport="ws", home=tmp_path / "ws")),
                        [RecordingEngine()])
     ws.start()
-    _wait(lambda: ws.state is RuntimeState.RUNNING, 30, "a WebSocket session (for the hello)")
+    wait_for(lambda: ws.state is RuntimeState.RUNNING, 30, "a WebSocket session (for the hello)", interval=0.1)
     ws.stop(5)
     relay = LongPollRelay(brain_creds.brain_url, brain_creds.hmac_secret, kind)
     engine = RecordingEngine()
@@ -169,15 +167,15 @@ def test_a_command_edited_on_the_way_is_never_executed(real_brain: RealBrain, lp
     runtime = build_runtime(Config.resolve(**options), [engine])
     try:
         runtime.start()
-        _wait(lambda: runtime.state is RuntimeState.RUNNING, 30, "a long-poll session through the relay")
+        wait_for(lambda: runtime.state is RuntimeState.RUNNING, 30, "a long-poll session through the relay", interval=0.1)
         first = runtime.health()["session_id"]
         # Long-poll liveness comes from authenticated uploads: wait for the first heartbeat's.
-        _wait(lambda: (real_brain.agent(brain_creds.project_id, brain_creds.agent_id) or {}).get("state") == "online",
-              30, "the brain to see the long-poll agent online")
+        wait_for(lambda: (real_brain.agent(brain_creds.project_id, brain_creds.agent_id) or {}).get("state") == "online",
+                 30, "the brain to see the long-poll agent online", interval=0.1)
         real_brain.command(brain_creds.project_id, "cancel-task",
                            {"agent_id": brain_creds.agent_id, "engine": "celery", "task_id": "lp-hostile"})
-        _wait(lambda: relay.edited, 40, "the relay to edit the command")
-        _wait(lambda: runtime.health()["session_id"] not in (None, first), 30, "a new session (fresh nonce)")
+        wait_for(lambda: relay.edited, 40, "the relay to edit the command", interval=0.1)
+        wait_for(lambda: runtime.health()["session_id"] not in (None, first), 30, "a new session (fresh nonce)", interval=0.1)
         lost = [e for e in runtime.trace if e["trigger"] == "session_lost"][-1]
         assert lost["reason"].startswith("inbound frame rejected"), lost
         calls = [params.get("task_id") for action, params in engine.calls]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import websocket
+from waiting import wait_for
 
 from z4j_bare.protocol import (
     Frame,
@@ -202,19 +203,6 @@ def lifecycle(
     return events
 
 
-def wait_for(predicate, timeout: float = 5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"{what} not reached within {timeout} s (last: {value!r})"
-            )
-        time.sleep(0.1)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -267,7 +255,7 @@ def test_handshake_events_and_signed_ack(
 
     rows = wait_for(lambda: [real_brain.task(PROJECT, "celery", t) for t in (ok, bad, busy)]
                     if all(real_brain.task(PROJECT, "celery", t) for t in (ok, bad, busy)) else None,
-                    what="three task rows")  # fmt: skip
+                    timeout=5, what="three task rows", interval=0.1)  # fmt: skip
     by_id = {r["task_id"]: r for r in rows}
     assert by_id[ok]["state"] == "success" and by_id[ok]["name"] == "demo.add"
     assert (

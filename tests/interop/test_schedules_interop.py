@@ -8,7 +8,6 @@ a real worker, the rq-scheduler job moved to the paused set in Redis.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,7 @@ from celery import Celery
 from celery.schedules import crontab
 from celery_app.harness import BACKEND, REDIS_BROKER, Worker, unique_queue
 from rq_scheduler import Scheduler
+from waiting import wait_for
 
 from z4j_bare.agent import build_runtime
 from z4j_bare.config import Config
@@ -33,17 +33,6 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(300)]
 PROJECT = "agent-schedules"
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-
-
 def _schedules(brain: RealBrain) -> list[dict]:
     return brain.request("GET", f"/projects/{PROJECT}/schedules?limit=500")["items"]
 
@@ -55,7 +44,7 @@ def _mutate_command(brain: RealBrain, before: set[str]) -> dict:
         fresh = [c for c in items if c["action"] == "schedule.external.mutate" and c["id"] not in before]
         return fresh[0] if fresh else None
 
-    return _wait(newest, 30, "the brain's schedule.external.mutate command")
+    return wait_for(newest, 30, "the brain's schedule.external.mutate command", interval=0.25)
 
 
 def _mutate_ids(brain: RealBrain) -> set[str]:
@@ -69,7 +58,7 @@ def _native_status(brain: RealBrain, command_id: str) -> str:
         status = brain.request("GET", f"/projects/{PROJECT}/schedules/native-operations/{command_id}")["status"]
         return status if status != "PENDING" else None
 
-    return _wait(applied, 60, "the native operation to leave PENDING")
+    return wait_for(applied, 60, "the native operation to leave PENDING", interval=0.25)
 
 
 def test_schedules_listed_triggered_and_disabled_through_the_brain(real_brain: RealBrain, tmp_path):
@@ -92,8 +81,8 @@ def test_schedules_listed_triggered_and_disabled_through_the_brain(real_brain: R
     runtime = build_runtime(config, [], schedulers=[
         CeleryBeatSchedulerAdapter(celery_app=app), RqSchedulerAdapter(scheduler=scheduler, managed=True)]).start()
     try:
-        rows = _wait(lambda: _schedules(real_brain) if len(_schedules(real_brain)) == 3 else None, 60,
-                     "3 schedules listed")
+        rows = wait_for(lambda: _schedules(real_brain) if len(_schedules(real_brain)) == 3 else None, 60,
+                        "3 schedules listed", interval=0.25)
         by_name = {r["name"]: r for r in rows}
         beat = by_name["it-add-hourly"]
         assert beat["source"] == "celery-beat:static" and beat["kind"] == "cron" and beat["expression"] == "7 */6 * * *"
@@ -124,8 +113,8 @@ def test_schedules_listed_triggered_and_disabled_through_the_brain(real_brain: R
         real_brain.request("POST", f"/projects/{PROJECT}/schedules/{rq_row['id']}/disable", {})
         command = _mutate_command(real_brain, before)
         assert _native_status(real_brain, command["id"]) == "APPLIED"
-        _wait(lambda: real_brain.request("GET", f"/projects/{PROJECT}/schedules/{rq_row['id']}")["is_enabled"] is False,
-              30, "the rq row disabled in the brain")
+        wait_for(lambda: real_brain.request("GET", f"/projects/{PROJECT}/schedules/{rq_row['id']}")["is_enabled"] is False,
+                 30, "the rq row disabled in the brain", interval=0.25)
         assert conn.zscore(scheduler.scheduled_jobs_key, job.id) is None
         assert conn.zscore(scheduler.scheduled_jobs_key + PAUSED_SUFFIX, job.id) is not None
         assert job.id not in [j.id for j in scheduler.get_jobs()]
@@ -147,13 +136,13 @@ def test_control_of_a_scheduler_without_native_writes(real_brain: RealBrain):
                             project_id=creds.project_id, heartbeat_seconds=2.0, stop_timeout=5.0)
     runtime = build_runtime(config, [], schedulers=[adapter]).start()
     try:
-        row = _wait(lambda: next((r for r in _schedules(real_brain) if r["scheduler"] == "it-memory"), None), 60,
-                    "the memory schedule listed")
+        row = wait_for(lambda: next((r for r in _schedules(real_brain) if r["scheduler"] == "it-memory"), None), 60,
+                       "the memory schedule listed", interval=0.25)
         for enabled in (False, True):
             action = "enable" if enabled else "disable"
             real_brain.request("POST", f"/projects/{PROJECT}/schedules/{row['id']}/{action}", {})
-            _wait(lambda e=enabled: real_brain.request("GET", f"/projects/{PROJECT}/schedules/{row['id']}")["is_enabled"]
-                  is e, 30, f"the row {action}d in the brain")
+            wait_for(lambda e=enabled: real_brain.request("GET", f"/projects/{PROJECT}/schedules/{row['id']}")["is_enabled"]
+                     is e, 30, f"the row {action}d in the brain", interval=0.25)
             assert adapter.rows["mem-1"].is_enabled is enabled
         items = real_brain.request("GET", f"/projects/{PROJECT}/commands?limit=50")
         items = items["items"] if isinstance(items, dict) else items
@@ -187,7 +176,7 @@ def test_sigkill_after_reserving_a_sequence_then_restart_is_accepted(real_brain:
 
     proc = start(Z4J_TEST_KILL_AFTER_RESERVE="1")
     try:
-        _wait(lambda: len(mine()) == 2, 60, "the first process's 2 schedules")
+        wait_for(lambda: len(mine()) == 2, 60, "the first process's 2 schedules", interval=0.25)
         try:  # documented to answer 500 on SQLite after it issued the command (schedules.md 9 item 10)
             real_brain.request("POST", f"/projects/{PROJECT}/schedules:resync", {})
         except BrainHTTPError as exc:
@@ -198,7 +187,7 @@ def test_sigkill_after_reserving_a_sequence_then_restart_is_accepted(real_brain:
             proc.kill()
     proc = start()
     try:
-        row = _wait(lambda: next((r for r in mine() if r["name"] == "nightly"), None), 60, "the row after restart")
+        row = wait_for(lambda: next((r for r in mine() if r["name"] == "nightly"), None), 60, "the row after restart", interval=0.25)
         def triggered():
             before = _mutate_ids(real_brain)
             try:
@@ -207,7 +196,7 @@ def test_sigkill_after_reserving_a_sequence_then_restart_is_accepted(real_brain:
                 return None if exc.status == 409 else exc
             return _mutate_command(real_brain, before)
 
-        command = _wait(triggered, 60, "a trigger accepted by the restarted agent's stream")
+        command = wait_for(triggered, 60, "a trigger accepted by the restarted agent's stream", interval=0.25)
         assert _native_status(real_brain, command["id"]) == "APPLIED"
     finally:
         proc.kill()
