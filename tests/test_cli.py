@@ -13,7 +13,7 @@ import pytest
 
 from z4j_bare import __version__
 from z4j_bare.buffer import BufferStore
-from z4j_bare.cli import main
+from z4j_bare.cli import _glue_opaque_values, main
 from z4j_bare.statechart import render_markdown, render_mermaid
 from z4j_bare.testing import LocalBrain
 
@@ -102,6 +102,27 @@ def test_status_reports_an_unreadable_buffer(capsys, tmp_path):
     code, out, _ = _run(capsys, "status", "--home", str(tmp_path), "--json")
     data = json.loads(out)
     assert code == 1 and data["problems"] and "error" in data["buffers"][0]
+
+
+def test_credentials_beginning_with_a_dash_are_values_not_flags(capsys):
+    # URL-safe base64 secrets begin with "-" one time in 32; CI once met one.
+    with LocalBrain() as brain:
+        creds = next(c for c in (brain.mint_agent(project=f"p{i}") for i in range(2000)) if c.hmac_secret.startswith("-"))
+        code, out, err = _run(capsys, "doctor", "--brain-url", creds.brain_url, "--token", creds.token,
+                              "--hmac-secret", creds.hmac_secret, "--project-id", creds.project_id, "--json")
+        assert code == 0 and json.loads(out)["ok"] is True, (code, out, err)
+    code, _, err = _run(capsys, "doctor", "--token", "--project-id", "x")
+    assert code == 2 and "--token: expected one argument" in err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["doctor", "--token", "-abc", "--hmac-secret", "--x-Y_1"], ["doctor", "--token=-abc", "--hmac-secret=--x-Y_1"]),
+    (["doctor", "--token", "abc"], ["doctor", "--token", "abc"]),
+    (["doctor", "--token", "--json"], ["doctor", "--token", "--json"]),
+    (["doctor", "--hmac-secret"], ["doctor", "--hmac-secret"]),
+])
+def test_opaque_values_are_glued_to_their_flag(argv, expected):
+    assert _glue_opaque_values(argv) == expected
 
 
 def test_doctor_exit_codes_and_json(capsys):

@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -71,8 +72,6 @@ def _add_connection_flags(p: argparse.ArgumentParser) -> None:
 
 def _as_flags(message: str) -> str:
     """A configuration error's "pass token=" reads "pass --token" for the options that have a flag."""
-    import re
-
     flags = ("brain_url", "token", "hmac_secret", "project_id", "agent_name", "home")
 
     def flag(m: re.Match[str]) -> str:
@@ -423,6 +422,27 @@ def _global_flags(tail: list[str]) -> tuple[list[str], list[str]]:
     return flags, rest
 
 
+# Random credentials are URL-safe base64, so one in 32 begins with "-" and argparse would read it
+# as the next flag ("--hmac-secret: expected one argument").
+_OPAQUE_VALUE_FLAGS = ("--token", "--hmac-secret")
+_LONG_FLAG = re.compile(r"--[a-z][a-z-]*(=|$)")
+
+
+def _glue_opaque_values(argv: list[str]) -> list[str]:
+    """``--token -abc`` becomes ``--token=-abc`` unless what follows is itself a long flag."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _OPAQUE_VALUE_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and not _LONG_FLAG.match(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -431,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = _passthrough_index(argv)
     head, tail = (argv[: split + 1], argv[split + 1:]) if split is not None else (argv, [])
     flags, tail = _global_flags(tail)
-    head = flags + head
+    head = _glue_opaque_values(flags + head)
     try:
         args = parser.parse_args(head)
     except SystemExit as exc:  # argparse: --help exits 0, a usage error 2
