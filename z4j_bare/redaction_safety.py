@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .redaction_errors import RedactionPatternError
 from .redaction_regex import (
     INF,
     Alt,
@@ -62,21 +63,6 @@ _FIX_SEARCHED = ("bound the repeat ('{1,64}' instead of '+'), or start the patte
                  "again inside the repeat's run: with a literal the repeat cannot match, or a look-behind "
                  "such as '(?<![\\w-])' (value patterns are searched at every position)")
 _FIX_DOT = "drop the leading/trailing '.*' (value patterns are already searched anywhere in the string); "
-
-
-class RedactionPatternError(ValueError):
-    """A user-supplied redaction pattern was refused when the Redactor was built.
-
-    Patterns are configuration, not secrets, so the message quotes the pattern, names the
-    setting it came from, says why it was refused and how to fix it.
-    """
-
-    def __init__(self, setting: str, pattern: object, reason: str, fix: str) -> None:
-        self.setting = setting
-        self.pattern = pattern
-        self.reason = reason
-        self.fix = fix
-        super().__init__(f"{setting}: pattern {pattern!r} refused: {reason}. Fix: {fix}")
 
 
 class CheckedPattern(NamedTuple):
