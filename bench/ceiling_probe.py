@@ -7,6 +7,8 @@ the same brain, so agent benchmarks are reported against it.
 
     .venv/bin/python bench/ceiling_probe.py --real-brain                   # start z4j 1.13.0, sweep
     .venv/bin/python bench/ceiling_probe.py --sizes 500,2000 --events 6000  # brain from Z4J_* env
+    .venv/bin/python bench/ceiling_probe.py --real-brain --sizes 500 --events 2000 \
+        --engines celery,dramatiq --rounds 3     # does the brain pay more for one engine's events?
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def _cred(creds: Any, name: str) -> str:
     return str(value)
 
 
-def build_events(n: int, run: str) -> list[str]:
-    """``n`` canonical event texts: received/started/succeeded for n/3 distinct tasks."""
+def build_events(n: int, run: str, engine: str = "celery") -> list[str]:
+    """``n`` canonical event texts: received/started/succeeded for n/3 distinct tasks of ``engine``."""
     t0 = datetime.now(UTC) - timedelta(seconds=5)
     texts = []
     for i in range(n):
@@ -69,7 +71,7 @@ def build_events(n: int, run: str) -> list[str]:
         elif kind == "succeeded":
             data.update(result=str(task), runtime_ms=1)
         texts.append(canonical_text({
-            "id": str(uuid.uuid4()), "kind": f"task.{kind}", "engine": "celery", "task_id": f"{run}-{task}",
+            "id": str(uuid.uuid4()), "kind": f"task.{kind}", "engine": engine, "task_id": f"{run}-{task}",
             "occurred_at": (t0 + timedelta(microseconds=i)).isoformat(), "data": data,
         }))  # fmt: skip
     return texts
@@ -82,6 +84,7 @@ def measure_ceiling(
     batch: int = 500,
     inflight: int = 4,
     timeout: float = 600,
+    engine: str = "celery",
 ) -> dict[str, Any]:
     """Send ``events`` task events in frames of ``batch`` with ``inflight`` unacked frames at most.
 
@@ -99,7 +102,7 @@ def measure_ceiling(
         .rstrip("/")
         + "/ws/agent"
     )
-    texts = build_events(events, uuid.uuid4().hex[:12])
+    texts = build_events(events, uuid.uuid4().hex[:12], engine)
     chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
 
     ws = websocket.create_connection(
@@ -107,8 +110,8 @@ def measure_ceiling(
     )
     try:
         hello = {
-            "protocol_version": "2", "agent_version": "1.13.0", "framework": "bare", "engines": ["celery"],
-            "schedulers": [], "capabilities": {"celery": []}, "host": {"name": "ceiling-probe"},
+            "protocol_version": "2", "agent_version": "1.13.0", "framework": "bare", "engines": [engine],
+            "schedulers": [], "capabilities": {engine: []}, "host": {"name": "ceiling-probe"},
             "worker_id": f"bare-{os.getpid()}-{time.time_ns() // 1_000_000}", "worker_role": "task",
             "worker_pid": os.getpid(), "worker_started_at": utc_now_text(), "runtime_features": [],
         }  # fmt: skip
@@ -238,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         help="events per run for batch sizes < 50",
     )
     parser.add_argument("--inflight", type=int, default=4)
+    parser.add_argument("--engines", default="celery",
+                        help="comma-separated engines the events claim (celery, rq, dramatiq); each size runs "
+                             "once per engine, in turn, --rounds times")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per run"
     )
@@ -260,16 +267,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 "set Z4J_BRAIN_URL, Z4J_TOKEN and Z4J_HMAC_SECRET, or pass --real-brain"
             )
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    runs = [(size, engine) for _ in range(args.rounds) for size in sizes for engine in engines]
     try:
-        for size in sizes:
+        for size, engine in runs:
             n = args.small_events if size < 50 else args.events
             result = measure_ceiling(
-                url, creds, events=n, batch=size, inflight=args.inflight
+                url, creds, events=n, batch=size, inflight=args.inflight, engine=engine
             )
             if args.json:
-                print(json.dumps(result), flush=True)
+                print(json.dumps({**result, "engine": engine}), flush=True)
             else:
-                print(f"batch={size:>5} events={n:>6} inflight={args.inflight}: {result['events_per_s']:>9.1f} events/s "
+                print(f"{engine:>8} batch={size:>5} events={n:>6} inflight={args.inflight}: {result['events_per_s']:>9.1f} events/s "
                       f"({result['tasks_per_s']} tasks/s, {result['frames_per_s']} frames/s, ack p50 {result['ack_ms_p50']} ms, "
                       f"p95 {result['ack_ms_p95']} ms, accepted {result['accepted']})", flush=True)  # fmt: skip
     finally:
