@@ -4,7 +4,8 @@ An rq worker's parent forks a work-horse per job, and every MiB it carries is co
 fork's page tables; a cron script pays every import before its own work. Modules needed only on
 a rare path stay out of a connected agent's process until that path runs: tenacity until a
 connect fails, difflib until a configuration error names a near miss, pickletools until a job's
-function is read from its pickle, the redaction pattern checker until the user configures patterns. The sizes are in docs/performance.md; this guards the set.
+function is read from its pickle, the redaction pattern checker until the user configures
+patterns. The sizes are in docs/performance.md; this guards the set.
 """
 
 from __future__ import annotations
