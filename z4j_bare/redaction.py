@@ -26,12 +26,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .logs import get_logger
 from .redaction_errors import RedactionPatternError
 from .redaction_limits import SURROGATES, TRUNCATION_MARKER_PREFIX, fit_event, truncate_utf8, utf8_len
 from .safety import safe_str
+
+if TYPE_CHECKING:
+    from .redaction_safety import CheckedPattern
 
 __all__ = [
     "REDACTED",
@@ -350,7 +353,7 @@ class Redactor:
         self.extra_key_patterns = tuple(key_list)
         self.extra_value_patterns = tuple(value_list)
         key_regexes: list[re.Pattern[str]] = []
-        extra_values: list[Any] = []
+        extra_values: list[CheckedPattern] = []
         if key_list or value_list:
             # The checker is ~900 lines (a regex reader and timing probes, ~0.35 MiB): a process
             # loads it only when the user configured patterns.

@@ -16,9 +16,9 @@ UUIDs, decimals survive); arguments JSON cannot carry (the task was sent with pi
 stored pickled, which is no more trust than the worker already gave the message.
 
 ``put`` only encodes and queues: a background thread commits queued records in one transaction
-per burst (a few ms later; ``queued_store``, shared with the Dramatiq message store). A commit per task on the worker's main process cost about as much as
-the rest of the agent's capture together (docs/performance.md, "Celery"). ``get`` sees queued
-records too. The price: records queued when the main process is SIGKILLed (at most one linger
+per burst (a few ms later; ``queued_store``, shared with the Dramatiq message store). A commit
+per task on the worker's main process cost about as much as the rest of the agent's capture
+together (docs/performance.md, "Celery"). ``get`` sees queued records too. The price: records queued when the main process is SIGKILLed (at most one linger
 window) are not remembered, and ``retry_task`` for those tasks fails with its documented reason.
 """
 
