@@ -106,10 +106,7 @@ def _local_brain(res: dict[str, Any], plan: Plan, brain: BrainProc, ref: Any, cl
     for name, fn, n, rounds in (("eager", w.eager, plan.eager_calls, plan.eager_rounds),
                                 ("prefork", w.prefork, plan.prefork_tasks, plan.overhead_rounds),
                                 ("rqfork", w.rq_fork, plan.rq_jobs, plan.overhead_rounds)):
-        runs: dict[str, list[float]] = {"none": [], "ours": [], "ref": []}
-        for _ in range(rounds):
-            for agent, values in runs.items():
-                values.append(fn(agent, brain, n, ref))
+        runs = w.alternating(rounds, lambda agent, fn=fn, n=n: fn(agent, brain, n, ref))
         res[f"overhead_{name}"] = {a: w.median(v) for a, v in runs.items()} | {"runs": runs, "n": n}
         clock.say(f"overhead {name} (n={n}): {runs}")
     # (c) memory: the RQ forking parent; (c)-(e) backlog; (f) a cron script's start

@@ -20,14 +20,14 @@ from bench.suite import workloads as w
 from bench.suite.common import BrainProc, ref_python
 
 
+def _print_round(runs: dict[str, list[float]]) -> None:
+    print(json.dumps({a: [round(x, 2) for x in v] for a, v in runs.items()}), flush=True)
+
+
 def main(rounds: int = 5, jobs: int = 400) -> None:
     ref = ref_python()
-    runs: dict[str, list[float]] = {"none": [], "ours": [], "ref": []}
     with BrainProc() as brain:
-        for _ in range(rounds):
-            for agent, values in runs.items():
-                values.append(w.rq_fork(agent, brain, jobs, ref))
-            print(json.dumps({a: [round(x, 2) for x in v] for a, v in runs.items()}), flush=True)
+        runs = w.alternating(rounds, lambda agent: w.rq_fork(agent, brain, jobs, ref), _print_round)
     med = {a: statistics.median(v) for a, v in runs.items()}
     print(f"medians ms/job: none {med['none']:.2f}, ours {med['ours']:.2f}, ref {med['ref']:.2f}; added: ours "
           f"{med['ours'] - med['none']:+.2f}, ref {med['ref'] - med['none']:+.2f} "

@@ -24,7 +24,7 @@ from .common import (
     rq_worker_cmd,
     unique,
 )
-from .workloads import LocalTarget, _flush, _stop, _tmp, median, warm_up
+from .workloads import LocalTarget, _flush, _stop, _tmp, alternating, median, warm_up
 
 # ---------------------------------------------------------------------------------------------
 # the RQ forking parent: RSS of the `rq worker` main process, connected and idle
@@ -88,10 +88,7 @@ def _wait(cond: Any, timeout: float, what: str, describe: Any) -> None:
 
 def rq_parents(brain: BrainProc, ref_py: Path | None, rounds: int) -> dict[str, Any]:
     """Rounds alternate none/ours/ref; medians of the parent's RSS and threads per agent."""
-    runs: dict[str, list[dict[str, Any]]] = {"none": [], "ours": [], "ref": []}
-    for _ in range(rounds):
-        for agent, values in runs.items():
-            values.append(rq_parent(agent, brain, ref_py))
+    runs = alternating(rounds, lambda agent: rq_parent(agent, brain, ref_py))
     return {a: {"rss_mib": median([r["rss_mib"] for r in v]), "threads": median([r["threads"] for r in v])}
             for a, v in runs.items()} | {"runs": {a: [round(r["rss_mib"], 2) for r in v] for a, v in runs.items()}}
 
@@ -129,13 +126,10 @@ def cron_starts(brain: BrainProc, ref_py: Path | None, runs: int) -> dict[str, A
         homes.append(_tmp(f"start-{agent}"))
         creds = brain.mint(f"{agent}-start") if agent != "none" else None
         envs[agent] = clean_env(agent_env(agent, creds, homes[-1]), pythonpath=None)
-    out: dict[str, list[dict[str, Any]]] = {a: [] for a in envs}
     try:
         for agent, env in envs.items():
             cron_start(agent, env, ref_py)
-        for _ in range(runs):
-            for agent, env in envs.items():
-                out[agent].append(cron_start(agent, env, ref_py))
+        out = alternating(runs, lambda agent: cron_start(agent, envs[agent], ref_py))
     finally:
         for home in homes:
             shutil.rmtree(home, ignore_errors=True)

@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,3 +380,16 @@ def _epoch(raw: bytes) -> float:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+def alternating(rounds: int, measure: Callable[[str], Any],
+                after_round: Callable[[dict[str, list[Any]]], None] | None = None) -> dict[str, list[Any]]:
+    """``measure(agent)`` for no agent, ours and the reference in turn, ``rounds`` times, so machine
+    noise hits all three alike; ``after_round`` sees the results so far."""
+    runs: dict[str, list[Any]] = {"none": [], "ours": [], "ref": []}
+    for _ in range(rounds):
+        for agent, values in runs.items():
+            values.append(measure(agent))
+        if after_round is not None:
+            after_round(runs)
+    return runs
